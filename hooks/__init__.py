@@ -1,0 +1,14 @@
+"""Eve event hooks, one module per resource, wired by register(app)."""
+
+from eve import Eve
+
+from hooks import jobs, pagination
+
+
+def register(app: Eve) -> None:
+    """Attach every hook to the app, grouped by resource."""
+    app.on_fetched_resource += pagination.on_fetched_resource
+
+    app.on_insert_jobs += jobs.on_insert_jobs
+    app.on_update_jobs += jobs.on_update_jobs
+    app.on_delete_item_jobs += jobs.on_delete_item_jobs

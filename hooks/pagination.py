@@ -1,0 +1,13 @@
+"""Hooks shared by every resource: pagination links without counting."""
+
+
+def on_fetched_resource(resource: str, response: dict) -> None:
+    """Drop the `next` link from a short page.
+
+    Lists skip counting (OPTIMIZE_PAGINATION_FOR_SPEED), so Eve always offers a
+    next page; a page with fewer items than asked for is the last one.
+    """
+    page_size = response.get("_meta", {}).get("max_results")
+    links = response.get("_links", {})
+    if page_size is not None and len(response.get("_items", [])) < page_size:
+        links.pop("next", None)

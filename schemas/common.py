@@ -1,0 +1,36 @@
+"""Schema fragments shared by the resources: statuses, owner, tags, tensors."""
+
+JOB_STATUSES = ["queued", "running", "succeeded", "failed"]
+FINISHED_STATUSES = ["succeeded", "failed"]
+MODEL_STATUSES = ["ready", "rejected"]
+
+# Set by the service, never by a client: Cerberus refuses them in a payload.
+OWNER = {"type": "string", "readonly": True, "nullable": True}
+READONLY_INT = {"type": "integer", "readonly": True}
+READONLY_DATETIME = {"type": "datetime", "readonly": True, "nullable": True}
+
+# Free-form labels a client attaches to a job; copied onto its predictions so
+# analysts can filter them (`where={"tags.experiment": "a"}`).
+TAGS = {"type": "dict", "default": {}, "allow_unknown": True}
+
+# A model name as used in URLs and in `name@version` references.
+MODEL_NAME = {
+    "type": "string",
+    "regex": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+    "required": True,
+}
+
+# A tensor's description in a model signature.
+TENSOR_SPEC = {
+    "type": "dict",
+    "schema": {
+        "name": {"type": "string"},
+        "shape": {"type": "list", "schema": {"type": "integer", "nullable": True}},
+        "dtype": {"type": "string"},
+    },
+}
+
+
+def readonly(field: dict) -> dict:
+    """Return a copy of a field definition that clients may not write."""
+    return {**field, "readonly": True}

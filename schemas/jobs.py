@@ -1,0 +1,50 @@
+"""The jobs resource: a client's request to run a model on a list of inputs."""
+
+from schemas.common import JOB_STATUSES, OWNER, READONLY_DATETIME, READONLY_INT, TAGS
+
+JOBS = {
+    "item_title": "job",
+    "resource_methods": ["GET", "POST"],
+    # PATCH changes tags only (hooks/jobs.py refuses the rest); DELETE is
+    # refused while the job is queued or running.
+    "item_methods": ["GET", "PATCH", "DELETE"],
+    "schema": {
+        # As submitted: "iris", "iris@2" or a model id.
+        "model": {"type": "string", "required": True, "empty": False, "maxlength": 100},
+        # What `model` resolved to when the job was accepted.
+        "model_ref": {
+            "type": "dict",
+            "readonly": True,
+            "schema": {
+                "_id": {"type": "objectid"},
+                "name": {"type": "string"},
+                "version": {"type": "integer"},
+            },
+        },
+        # A list of instances; for a model with several named inputs, either a
+        # list of {name: value} instances or a dict {name: [values...]}.
+        "inputs": {"type": ["list", "dict"], "required": True, "empty": False},
+        "tags": TAGS,
+        "owner": OWNER,
+        "status": {"type": "string", "allowed": JOB_STATUSES, "readonly": True},
+        "attempts": READONLY_INT,
+        # Which worker holds the job, until when, and the claim token that every
+        # completing write filters on.
+        "lease": {"type": "dict", "readonly": True, "nullable": True},
+        "error": {"type": "string", "readonly": True, "nullable": True},
+        "progress": {
+            "type": "dict",
+            "readonly": True,
+            "schema": {"done": {"type": "integer"}, "total": {"type": "integer"}},
+        },
+        "queued_at": READONLY_DATETIME,
+        "started_at": READONLY_DATETIME,
+        "finished_at": READONLY_DATETIME,
+    },
+    "mongo_indexes": {
+        # The dispatcher's and the clients' "what is queued / what failed".
+        "status_created": [("status", 1), ("_created", 1)],
+        "owner_created": [("owner", 1), ("_created", -1)],
+        "created": [("_created", -1)],
+    },
+}

@@ -1,0 +1,33 @@
+"""The predictions resource: one document per input instance, written by the service."""
+
+from schemas.common import OWNER, TAGS
+
+PREDICTIONS = {
+    "item_title": "prediction",
+    # Read-only over HTTP: only the inference engine writes predictions.
+    "resource_methods": ["GET"],
+    "item_methods": ["GET"],
+    "schema": {
+        "job": {"type": "objectid", "data_relation": {"resource": "jobs"}},
+        "model": {"type": "string"},
+        "model_version": {"type": "integer"},
+        # Position of the instance in the job's inputs.
+        "index": {"type": "integer"},
+        "output": {"type": "list"},
+        # For classifiers with labels: the top class and its score.
+        "label": {"type": "string", "nullable": True},
+        "score": {"type": "float", "nullable": True},
+        "tags": TAGS,
+        "owner": OWNER,
+        # Which model call produced it: {"id": ..., "size": rows in that call}.
+        "batch": {"type": "dict"},
+    },
+    "mongo_indexes": {
+        # A retried job can never store an instance's prediction twice.
+        "job_index": ([("job", 1), ("index", 1)], {"unique": True}),
+        "model_created": [("model", 1), ("_created", -1)],
+        "label": [("label", 1)],
+        "score": [("score", -1)],
+        "created": [("_created", -1)],
+    },
+}

@@ -1,0 +1,122 @@
+"""The embedded database: SecantusDB as a child process on 127.0.0.1.
+
+Used when MONGO_URI is unset (`make run`) and by the tests. The service talks to
+it through PyMongo over a real socket, exactly as it talks to MongoDB.
+"""
+
+import contextlib
+import ctypes
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pymongo
+from pymongo.errors import PyMongoError
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Ask the kernel for a port nobody listens on."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the parent dies, so no database is orphaned."""
+    # Off Linux there is no prctl: the parent's own cleanup still stops the child.
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedDatabase:
+    """A SecantusDB server process with its data in one directory."""
+
+    def __init__(self, path: str | Path, port: int = 0, host: str = "127.0.0.1"):
+        self.path = Path(path)
+        self.host = host
+        self.port = port or free_port(host)
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        # directConnection: talk to this one server, whatever replica set it
+        # advertises (SecantusDB poses as a single-node set for change streams).
+        return f"mongodb://{self.host}:{self.port}/?directConnection=true"
+
+    def start(self, timeout: float = 30.0) -> "EmbeddedDatabase":
+        """Start the server and return once it answers a ping."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable,
+            "-m",
+            "secantus",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--storage-path",
+            str(self.path),
+            "--log-level",
+            "WARNING",
+        ]
+        with open(self.path / "secantusdb.log", "ab") as log_file:
+            self.process = subprocess.Popen(
+                command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                # Its own session: Ctrl-C reaches the API, which stops first and
+                # then stops the database, in that order.
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        self._wait_until_ready(timeout)
+        return self
+
+    def _wait_until_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        client = pymongo.MongoClient(self.uri, serverSelectionTimeoutMS=500)
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"SecantusDB exited with code {self.process.returncode}; "
+                        f"see {self.path / 'secantusdb.log'}"
+                    )
+                try:
+                    client.admin.command("ping")
+                    return
+                except PyMongoError:
+                    if time.monotonic() > deadline:
+                        self.stop()
+                        raise RuntimeError(
+                            f"SecantusDB did not answer within {timeout} s"
+                        ) from None
+        finally:
+            client.close()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the server cleanly (SIGTERM lets it flush), killing it if it hangs."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("SecantusDB did not stop within %s s; killing it", timeout)
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> "EmbeddedDatabase":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

@@ -1,0 +1,87 @@
+"""Eve and Sibyl settings, read once from the environment.
+
+Every variable Sibyl reads starts with ``SIBYL_``, except the conventional
+``MONGO_URI``. Defaults suit `make run` on one machine; the README lists them all.
+Nothing secret lives here: credentials belong in MONGO_URI, set outside the code.
+"""
+
+import os
+
+import schemas
+
+
+def _int(name: str, default: int) -> int:
+    """Read an integer variable, failing at start-up with the variable's name."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
+    """Read a variable that takes one of a few values."""
+    value = os.environ.get(name) or default
+    if value not in allowed:
+        raise SystemExit(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+# --- database -------------------------------------------------------------
+# Unset MONGO_URI means "start the embedded SecantusDB" (run.py does that and
+# then sets MONGO_URI for the API processes it starts).
+MONGO_URI = os.environ.get("MONGO_URI", "")
+MONGO_DBNAME = os.environ.get("SIBYL_DB_NAME", "sibyl")
+# Fail fast when the database is unreachable, so clients get a 503 in about a
+# second instead of hanging for PyMongo's default 30 s.
+DB_TIMEOUT_MS = _int("SIBYL_DB_TIMEOUT_MS", 2000)
+MONGO_OPTIONS = {
+    "serverSelectionTimeoutMS": DB_TIMEOUT_MS,
+    "connectTimeoutMS": DB_TIMEOUT_MS,
+}
+# Embedded database (used only when MONGO_URI is unset).
+EMBEDDED_DB_PATH = os.environ.get("SIBYL_DB_PATH", "var/db")
+EMBEDDED_DB_PORT = _int("SIBYL_DB_PORT", 0)  # 0: pick a free port
+
+# --- HTTP -----------------------------------------------------------------
+HOST = os.environ.get("SIBYL_HOST", "127.0.0.1")
+PORT = _int("SIBYL_PORT", 5000)
+WEB_WORKERS = _int("SIBYL_WEB_WORKERS", 1)
+WEB_THREADS = _int("SIBYL_WEB_THREADS", 16)
+# Flask answers 413 past this; a job with a few thousand instances fits.
+MAX_CONTENT_LENGTH = _int("SIBYL_MAX_CONTENT_LENGTH", 8 * 1024 * 1024)
+# JSON nested deeper than this is refused with a 400: no tensor needs more, and
+# Python's parser would otherwise raise RecursionError (a 500) on deep arrays.
+MAX_JSON_DEPTH = _int("SIBYL_MAX_JSON_DEPTH", 32)
+
+# --- Eve ------------------------------------------------------------------
+API_VERSION = "v1"
+URL_PREFIX = ""
+RESOURCE_METHODS = ["GET"]
+ITEM_METHODS = ["GET"]
+PAGINATION_DEFAULT = _int("SIBYL_PAGE_DEFAULT", 25)
+PAGINATION_LIMIT = _int("SIBYL_PAGE_LIMIT", 500)
+# Counting matching documents costs a scan; list endpoints skip it. Clients page
+# with the `next` link until it is absent.
+OPTIMIZE_PAGINATION_FOR_SPEED = True
+# Answer errors as JSON for these codes too (Eve's list lacks 413/500/503).
+STANDARD_ERRORS = [400, 401, 403, 404, 405, 406, 409, 410, 412, 413, 422, 428, 429, 500, 503]
+# Stale writes are refused: PATCH and DELETE need the item's current ETag.
+IF_MATCH = True
+ENFORCE_IF_MATCH = True
+# Model files are served from a URL instead of inlined as base64.
+RETURN_MEDIA_AS_BASE64_STRING = False
+RETURN_MEDIA_AS_URL = True
+EXTENDED_MEDIA_INFO = ["content_type", "name", "length"]
+# Timestamps are ISO 8601 in UTC, which browsers, pandas and jq all parse; the
+# same format is accepted in `where` filters ({"_created": {"$gte": "..."}}).
+DATE_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+X_DOMAINS = None
+DOMAIN = schemas.DOMAIN
+
+# --- inference ------------------------------------------------------------
+# in-process: a dispatcher thread in each API process runs the jobs;
+# workers: the API only queues, `python run.py worker` processes run them.
+INFERENCE = _choice("SIBYL_INFERENCE", "in-process", ("in-process", "workers"))

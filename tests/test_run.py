@@ -1,0 +1,112 @@
+"""`python run.py serve` as `make run` starts it: embedded database, gunicorn, clean stop."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from service.embedded_db import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def descendants(pid: int) -> set[int]:
+    """All processes below pid, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = set(), [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.add(child)
+            stack.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        try:
+            if requests.get(url + "/v1/healthz", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the service did not answer /v1/healthz in time")
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Start run.py serve with its data under tmp_path; stop it at the end."""
+    started = []
+    port = free_port()
+    env = {
+        **os.environ,
+        "SIBYL_PORT": str(port),
+        "SIBYL_DB_PATH": str(tmp_path / "db"),
+        "SIBYL_WEB_WORKERS": "1",
+    }
+    env.pop("MONGO_URI", None)
+
+    def start():
+        process = subprocess.Popen(
+            [sys.executable, "run.py", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        started.append(process)
+        url = f"http://127.0.0.1:{port}"
+        wait_until_healthy(url, process)
+        return process, url
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_serve_stops_cleanly_and_keeps_data(serve):
+    process, url = serve()
+    family = descendants(process.pid)
+    assert len(family) >= 2  # the database and at least one API worker
+    job = requests.post(url + "/v1/jobs", json={"model": "iris", "inputs": [[1.0]]}, timeout=10)
+    assert job.status_code == 201
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    output = process.stdout.read()
+    assert "embedded SecantusDB at mongodb://127.0.0.1:" in output
+    assert "Sibyl API at http://127.0.0.1:" in output
+    time.sleep(0.5)
+    assert [pid for pid in family if alive(pid)] == []
+
+    process, url = serve()
+    jobs = requests.get(url + "/v1/jobs", timeout=10).json()["_items"]
+    assert [j["_id"] for j in jobs] == [job.json()["_id"]]
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0
