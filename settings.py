@@ -81,7 +81,35 @@ DATE_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 X_DOMAINS = None
 DOMAIN = schemas.DOMAIN
 
+# Model uploads come as multipart forms: a field that holds JSON (labels) is
+# decoded, any other stays a string.
+MULTIPART_FORM_FIELDS_AS_JSON = True
+
 # --- inference ------------------------------------------------------------
 # in-process: a dispatcher thread in each API process runs the jobs;
 # workers: the API only queues, `python run.py worker` processes run them.
 INFERENCE = _choice("SIBYL_INFERENCE", "in-process", ("in-process", "workers"))
+# Dynamic batching: instances of concurrent jobs for one model version share a
+# model call of at most MAX_BATCH_SIZE rows; the dispatcher waits at most
+# MAX_WAIT_MS after the first job for others to join.
+MAX_BATCH_SIZE = _int("SIBYL_MAX_BATCH_SIZE", 256)
+MAX_WAIT_MS = _int("SIBYL_MAX_WAIT_MS", 2)
+MAX_INSTANCES_PER_JOB = _int("SIBYL_MAX_INSTANCES_PER_JOB", 10_000)
+# A job whose worker disappears is claimed again once its lease expires; after
+# MAX_ATTEMPTS claims it fails with the last error.
+LEASE_SECONDS = _int("SIBYL_LEASE_SECONDS", 30)
+MAX_ATTEMPTS = _int("SIBYL_MAX_ATTEMPTS", 3)
+# How often idle dispatchers and workers look for left-behind or expired jobs.
+POLL_SECONDS = float(_int("SIBYL_POLL_MS", 1000)) / 1000
+# Longest ?wait= a request may hold a connection for.
+MAX_REQUEST_WAIT_S = _int("SIBYL_MAX_REQUEST_WAIT_S", 30)
+# Loaded models kept per process (least recently used dropped first), and where
+# their files are copied from GridFS.
+MODEL_CACHE_SIZE = _int("SIBYL_MODEL_CACHE_SIZE", 8)
+MODEL_CACHE_DIR = os.environ.get("SIBYL_MODEL_CACHE_DIR", "var/models")
+# Uploaded models are loaded in a child process under these limits.
+MAX_MODEL_BYTES = _int("SIBYL_MAX_MODEL_BYTES", 64 * 1024 * 1024)
+MODEL_LOAD_TIMEOUT_S = _int("SIBYL_MODEL_LOAD_TIMEOUT_S", 60)
+MODEL_LOAD_MEMORY_MB = _int("SIBYL_MODEL_LOAD_MEMORY_MB", 4096)
+# Register the iris and digits demo models on first start (run.py serve).
+DEMO_MODELS = os.environ.get("SIBYL_DEMO_MODELS", "1") not in ("0", "false", "no")

@@ -1,31 +1,143 @@
-"""Hooks of the jobs resource: bookkeeping on insert, guards on update and delete."""
+"""Hooks of the jobs resource: model and input checks, hand-off to the engine, ?wait."""
 
-from datetime import UTC, datetime
-
-from flask import abort
+from bson import ObjectId
+from eve.methods.get import getitem_internal
+from eve.render import JSONRenderer
+from flask import Request, Response, abort, current_app, g, json, request
 
 from schemas.common import FINISHED_STATUSES
+from service import model_store
+from service.claims import utcnow
+from service.context import sibyl
+from service.dispatch import Handoff
+from service.errors import unprocessable
+from service.signature import InputError, check_inputs
 
 # Fields a client may change after submitting a job.
 PATCHABLE_FIELDS = {"tags"}
+# What a finished job's predictions show inline (the rest is on the job).
+INLINE_PREDICTION_FIELDS = ("_id", "index", "output", "label", "score")
+
+
+def requested_wait() -> float:
+    """Seconds from ?wait=, capped by MAX_REQUEST_WAIT_S; 0 when absent."""
+    raw = request.args.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        abort(400, description=f"wait must be a number of seconds, got {raw!r}")
+    return min(seconds, current_app.config["MAX_REQUEST_WAIT_S"])
+
+
+def on_pre_POST_jobs(request: Request) -> None:
+    """Check ?wait= before anything is stored."""
+    g.wait_seconds = requested_wait()
 
 
 def on_insert_jobs(items: list[dict]) -> None:
-    """Give each new job its initial status and bookkeeping before it is stored."""
-    now = datetime.now(UTC)
-    for job in items:
-        total = len(job["inputs"]) if isinstance(job["inputs"], list) else None
+    """Resolve each job's model and check its inputs; a bad job is a 422, nothing stored."""
+    db = sibyl().db
+    max_instances = current_app.config["MAX_INSTANCES_PER_JOB"]
+    models: dict[str, dict] = {}
+    issues = []
+    g.checked_jobs = {}
+    now = utcnow()
+    for position, job in enumerate(items):
+        reference = job["model"]
+        try:
+            if reference not in models:
+                models[reference] = model_store.resolve(db, reference)
+            model = models[reference]
+            arrays, count = check_inputs(job["inputs"], model["signature"]["inputs"], max_instances)
+        except model_store.UnknownModel as error:
+            issues.append((position, "model", str(error)))
+            continue
+        except InputError as error:
+            issues.append((position, "inputs", str(error)))
+            continue
         job.update(
+            model_ref={"_id": model["_id"], "name": model["name"], "version": model["version"]},
             status="queued",
             attempts=0,
             lease=None,
             error=None,
-            progress={"done": 0, "total": total},
+            progress={"done": 0, "total": count},
             queued_at=now,
             started_at=None,
             finished_at=None,
             owner=None,
         )
+        g.checked_jobs[id(job)] = (model, arrays, count)
+    if issues:
+        unprocessable(issues, bulk=isinstance(request.get_json(silent=True), list))
+
+
+def on_inserted_jobs(items: list[dict]) -> None:
+    """Hand the stored jobs to this process's dispatcher (in-process mode)."""
+    services = sibyl()
+    if g.get("wait_seconds"):
+        services.completions.expect([job["_id"] for job in items])
+    if not services.runs_jobs:
+        return
+    handoffs = []
+    for job in items:
+        model, arrays, count = g.checked_jobs.pop(id(job))
+        handoffs.append(Handoff(job["_id"], model, arrays, count, job.get("tags") or {}))
+    services.dispatcher.submit(handoffs)
+
+
+def on_post_POST_jobs(request: Request, payload: Response) -> None:
+    """With ?wait=, answer with the finished jobs and their predictions."""
+    seconds = g.get("wait_seconds")
+    if not seconds or payload.status_code != 201:
+        return
+    body = json.loads(payload.get_data())
+    items = body.get("_items", [body])
+    ids = [ObjectId(item["_id"]) for item in items]
+    services = sibyl()
+    try:
+        finished = services.completions.wait(services.db, ids, seconds)
+    finally:
+        services.completions.release(ids)
+    for position, (job_id, item) in enumerate(zip(ids, items, strict=True)):
+        if job_id in finished:
+            shown = finished_job(job_id, finished[job_id].predictions)
+            items[position] = {**item, **shown}
+    payload.set_data(JSONRenderer().render(body if "_items" in body else items[0]))
+
+
+def finished_job(job_id: ObjectId, predictions: list[dict]) -> dict:
+    """The job as GET shows it, with its predictions in index order."""
+    document = getitem_internal("jobs", _id=job_id)[0]
+    document.pop("inputs", None)  # the client has just sent them
+    document.pop("_links", None)  # the POST answer has the item's own links
+    if document["status"] == "succeeded" and not predictions:
+        predictions = list(sibyl().db.predictions.find({"job": job_id}).sort("index", 1))
+    predictions = sorted(predictions, key=lambda p: p["index"])
+    document["predictions"] = [
+        {name: p.get(name) for name in INLINE_PREDICTION_FIELDS} for p in predictions
+    ]
+    return document
+
+
+def on_pre_GET_jobs(request: Request, lookup: dict) -> None:
+    """GET /v1/jobs/<id>?wait=: hold the request until the job finished or the wait ends."""
+    seconds = requested_wait()
+    if not seconds or "_id" not in lookup or not ObjectId.is_valid(str(lookup["_id"])):
+        return
+    job_id = ObjectId(str(lookup["_id"]))
+    services = sibyl()
+    services.completions.expect([job_id])
+    try:
+        job = services.db.jobs.find_one({"_id": job_id}, {"status": 1})
+        if job is not None and job["status"] not in FINISHED_STATUSES:
+            services.completions.wait(services.db, [job_id], seconds)
+    finally:
+        services.completions.release([job_id])
 
 
 def on_update_jobs(updates: dict, original: dict) -> None:
@@ -38,6 +150,4 @@ def on_update_jobs(updates: dict, original: dict) -> None:
 def on_delete_item_jobs(item: dict) -> None:
     """Refuse to delete a job that is still queued or running."""
     if item.get("status") not in FINISHED_STATUSES:
-        abort(
-            409, description=f"job is {item.get('status')}: it can be deleted once it has finished"
-        )
+        abort(409, description=f"job is {item.get('status')}: delete it once it has finished")

@@ -44,6 +44,10 @@ JOBS = {
     "mongo_indexes": {
         # The dispatcher's and the clients' "what is queued / what failed".
         "status_created": [("status", 1), ("_created", 1)],
+        # Finding jobs whose lease expired.
+        "status_lease": [("status", 1), ("lease.until", 1)],
+        # "Does this model still have work?" before deleting it.
+        "model_status": [("model_ref._id", 1), ("status", 1)],
         "owner_created": [("owner", 1), ("_created", -1)],
         "created": [("_created", -1)],
     },

@@ -10,8 +10,9 @@ MODELS = {
         "name": MODEL_NAME,
         # Assigned on upload: 1, 2, ... per name.
         "version": READONLY_INT,
-        # The model file, kept in GridFS.
-        "file": {"type": "media", "required": True},
+        # The model file, kept in GridFS; loaded in a sandboxed child process
+        # on upload (service/validation.py) and refused if it cannot be served.
+        "file": {"type": "media", "required": True, "model_file": True},
         "format": {"type": "string", "readonly": True},
         "signature": {
             "type": "dict",

@@ -6,9 +6,12 @@ from eve import Eve
 
 import hooks
 import settings
-from service import errors
+from service import errors, media
+from service.context import Sibyl
 from service.data import SibylMongo
 from service.health import health
+from service.media import RequestScopedGridFS
+from service.validation import SibylValidator
 
 
 def load_settings() -> dict:
@@ -27,8 +30,15 @@ def create_app(overrides: dict | None = None) -> Eve:
             "MONGO_URI is not set: start Sibyl with `python run.py` (which starts the "
             "embedded database) or set MONGO_URI to a MongoDB"
         )
-    app = Eve(settings=config, data=SibylMongo)
+    app = Eve(
+        settings=config,
+        data=SibylMongo,
+        validator=SibylValidator,
+        media=RequestScopedGridFS,
+    )
+    app.extensions["sibyl"] = Sibyl(app)
     errors.register(app)
+    media.register(app)
     hooks.register(app)
     app.register_blueprint(health, url_prefix=app.api_prefix)
     return app

@@ -1,7 +1,9 @@
 """JSON errors: database outages as 503, and request bodies checked before Eve parses them."""
 
+from typing import NoReturn
+
 from eve.endpoints import error_endpoint
-from flask import Flask, Request, abort, current_app, request
+from flask import Flask, Request, Response, abort, current_app, json, request
 from pymongo.errors import ConnectionFailure
 from werkzeug.exceptions import BadRequest, ServiceUnavailable
 
@@ -21,6 +23,7 @@ def register(app: Flask) -> None:
     """Wire the error handlers and the request-body guard into the app."""
     app.request_class = SibylRequest
     app.register_error_handler(ConnectionFailure, database_unavailable)
+    app.before_request(allow_model_uploads)
     app.before_request(check_json_body)
 
 
@@ -32,6 +35,12 @@ def database_unavailable(error: ConnectionFailure):
     response = error_endpoint(app_error)
     response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
+
+
+def allow_model_uploads() -> None:
+    """Model files may be larger than other bodies, up to MAX_MODEL_BYTES."""
+    if request.method == "POST" and request.path.rstrip("/").endswith("/models"):
+        request.max_content_length = current_app.config["MAX_MODEL_BYTES"] + 1024 * 1024
 
 
 def check_json_body() -> None:
@@ -64,3 +73,22 @@ def nesting_exceeds(value, limit: int) -> bool:
                     return True
                 stack.append((child, depth + 1))
     return False
+
+
+def unprocessable(issues: list[tuple[int, str, str]], bulk: bool) -> NoReturn:
+    """Abort with a 422 in Eve's shape: `_issues` per field, `_items` for a bulk POST.
+
+    issues are (position in the request, field, message).
+    """
+    first_message = issues[0][2]
+    body: dict = {"_status": "ERR", "_error": {"code": 422, "message": first_message}}
+    if bulk:
+        count = max(position for position, _, _ in issues) + 1
+        items: list[dict] = [{"_status": "OK"} for _ in range(count)]
+        for position, field, message in issues:
+            items[position] = {"_status": "ERR", "_issues": {field: message}}
+        body["_items"] = items
+        body["_error"]["message"] = f"job {issues[0][0]}: {first_message}"
+    else:
+        body["_issues"] = {field: message for _, field, message in issues}
+    abort(Response(json.dumps(body), 422, mimetype="application/json"))

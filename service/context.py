@@ -1,0 +1,64 @@
+"""What the hooks need beyond Eve, one per app: the database, waiters, the dispatcher."""
+
+import logging
+import threading
+
+from eve import Eve
+from flask import current_app
+from pymongo.database import Database
+
+from service.completions import Completions
+
+log = logging.getLogger(__name__)
+
+
+class Sibyl:
+    """Per-app services; the dispatcher thread starts with the first job."""
+
+    def __init__(self, app: Eve):
+        self.config = app.config
+        # Eve's own client, reused outside requests (the dispatcher thread).
+        with app.app_context():
+            self.db: Database = app.data.driver.db
+        self.completions = Completions()
+        self._dispatcher = None
+        self._lock = threading.Lock()
+
+    @property
+    def runs_jobs(self) -> bool:
+        return self.config["INFERENCE"] == "in-process"
+
+    @property
+    def dispatcher(self):
+        with self._lock:
+            if self._dispatcher is None:
+                from service.dispatch import Dispatcher
+
+                self._dispatcher = Dispatcher(self.db, self.config, self.completions)
+            return self._dispatcher
+
+    def warm_up(self) -> None:
+        """Start the dispatcher and load the newest version of each model, in the background."""
+        if not self.runs_jobs:
+            return
+        threading.Thread(target=self._load_newest_models, name="sibyl-warm-up", daemon=True).start()
+
+    def _load_newest_models(self) -> None:
+        engine = self.dispatcher.engine
+        newest: dict[str, dict] = {}
+        for model in self.db.models.find({"status": "ready"}).sort("version", -1):
+            newest.setdefault(model["name"], model)
+        for model in list(newest.values())[: self.config["MODEL_CACHE_SIZE"]]:
+            try:
+                engine.models.get(model)
+            except Exception:
+                log.exception("could not load model %s v%s", model["name"], model["version"])
+
+    def close(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.stop()
+
+
+def sibyl() -> Sibyl:
+    """The services of the app handling the current request."""
+    return current_app.extensions["sibyl"]

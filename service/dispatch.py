@@ -1,0 +1,213 @@
+"""Getting jobs to the engine: a dispatcher thread per API process, or worker processes.
+
+In-process mode (the default), the job hook hands each accepted job, inputs
+already checked, to this process's Dispatcher thread, which gathers jobs for up
+to MAX_WAIT_MS into batches. In workers mode the API only queues, and any number
+of `python run.py worker` processes claim jobs from MongoDB, woken by a change
+stream. Both also sweep up queued jobs nobody holds and jobs whose lease expired.
+"""
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from bson import ObjectId
+from pymongo.database import Database
+from pymongo.errors import PyMongoError
+
+from service.claims import JobQueue
+from service.completions import Completions
+from service.engine import Engine, Job
+
+log = logging.getLogger(__name__)
+
+# In-process sweeps leave new jobs younger than this to the API process that
+# accepted them (it is about to run them); retries are taken at once.
+SWEEP_FRESH_AFTER_S = 2.0
+
+
+def worker_id(kind: str) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{kind}"
+
+
+@dataclass
+class Handoff:
+    """A job this process just stored, with its inputs already checked."""
+
+    id: ObjectId
+    model: dict
+    arrays: dict[str, np.ndarray]
+    count: int
+    tags: dict = field(default_factory=dict)
+    owner: str | None = None
+
+
+class Runner:
+    """Claims jobs and runs them through the engine: what both modes share."""
+
+    def __init__(self, db: Database, config: dict, completions: Completions, kind: str):
+        self.queue = JobQueue(db, worker_id(kind), config["LEASE_SECONDS"], config["MAX_ATTEMPTS"])
+        self.engine = Engine(db, self.queue, config, completions)
+        self.max_batch_size = config["MAX_BATCH_SIZE"]
+        self.poll_seconds = config["POLL_SECONDS"]
+        self._stop = threading.Event()
+
+    def sweep(self, fresh_after_s: float = 0.0) -> int:
+        """Run queued jobs nobody holds, after requeueing those whose lease expired."""
+        self.queue.requeue_expired()
+        ids = self.queue.queued(limit=self.max_batch_size, fresh_after_s=fresh_after_s)
+        if not ids:
+            return 0
+        token, claimed = self.queue.claim(ids)
+        documents = self.queue.claimed_documents(token, claimed)
+        self.engine.run(self.engine.jobs_from_documents(documents))
+        return len(claimed)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class Dispatcher(Runner):
+    """In-process mode: a thread running the jobs this API process accepted."""
+
+    def __init__(self, db: Database, config: dict, completions: Completions):
+        super().__init__(db, config, completions, "api")
+        self.max_wait_s = config["MAX_WAIT_MS"] / 1000
+        self.inbox: queue.SimpleQueue[Handoff] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="sibyl-dispatcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, handoffs: list[Handoff]) -> None:
+        for handoff in handoffs:
+            self.inbox.put(handoff)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                handoffs = self._collect()
+                if handoffs:
+                    self._run(handoffs)
+                else:
+                    self.sweep(fresh_after_s=SWEEP_FRESH_AFTER_S)
+            except PyMongoError as error:
+                # Jobs stay queued or leased in MongoDB; a later sweep runs them.
+                log.warning("dispatcher: database error (%s); retrying shortly", error)
+                self._stop.wait(self.poll_seconds)
+            except Exception:
+                log.exception("dispatcher: unexpected error; continuing")
+                self._stop.wait(self.poll_seconds)
+
+    def _collect(self) -> list[Handoff]:
+        """Wait for a job, then gather more for up to MAX_WAIT_MS or a full batch."""
+        try:
+            first = self.inbox.get(timeout=self.poll_seconds)
+        except queue.Empty:
+            return []
+        handoffs, rows = [first], first.count
+        deadline = time.monotonic() + self.max_wait_s
+        while rows < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                handoff = (
+                    self.inbox.get(timeout=remaining) if remaining > 0 else self.inbox.get_nowait()
+                )
+            except queue.Empty:
+                break
+            handoffs.append(handoff)
+            rows += handoff.count
+        return handoffs
+
+    def _run(self, handoffs: list[Handoff]) -> None:
+        token, claimed = self.queue.claim([handoff.id for handoff in handoffs])
+        claimed_ids = set(claimed)
+        jobs = [
+            Job(
+                id=handoff.id,
+                token=token,
+                model=handoff.model,
+                arrays=handoff.arrays,
+                count=handoff.count,
+                attempts=1,  # handed over straight from its insertion
+                tags=handoff.tags,
+                owner=handoff.owner,
+            )
+            for handoff in handoffs
+            if handoff.id in claimed_ids
+        ]
+        self.engine.run(jobs)
+
+
+class JobSignal:
+    """Wakes a worker when a job becomes queued: a change stream, else polling."""
+
+    PIPELINE = [
+        {
+            "$match": {
+                "$or": [
+                    {"operationType": "insert"},
+                    {"updateDescription.updatedFields.status": "queued"},
+                ]
+            }
+        }
+    ]
+
+    def __init__(self, db: Database, max_wait_s: float):
+        self.db = db
+        self.max_wait_s = max_wait_s
+        self.backoff_s = 0.05
+        self.stream = None
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self.stream = self.db.jobs.watch(
+                self.PIPELINE, max_await_time_ms=int(self.max_wait_s * 1000)
+            )
+        except PyMongoError as error:
+            log.info("no change stream (%s): polling for jobs instead", error)
+            self.stream = None
+
+    def wait(self) -> None:
+        """Return when a job may be waiting, or after at most max_wait_s."""
+        if self.stream is not None:
+            try:
+                self.stream.try_next()
+                return
+            except PyMongoError as error:
+                log.info("change stream closed (%s): polling for jobs instead", error)
+                self.stream = None
+        time.sleep(self.backoff_s)
+        self.backoff_s = min(self.backoff_s * 2, self.max_wait_s)
+
+    def reset_backoff(self) -> None:
+        self.backoff_s = 0.05
+
+
+class Worker(Runner):
+    """Workers mode: a process claiming jobs from MongoDB until it is told to stop."""
+
+    def __init__(self, db: Database, config: dict):
+        super().__init__(db, config, Completions(), "worker")
+        self.signal = JobSignal(db, self.poll_seconds)
+
+    def run_forever(self) -> None:
+        log.info("worker %s waiting for jobs", self.queue.worker_id)
+        while not self._stop.is_set():
+            try:
+                if self.sweep():
+                    self.signal.reset_backoff()
+                    continue
+            except PyMongoError as error:
+                log.warning("worker: database error (%s); retrying shortly", error)
+                self._stop.wait(self.poll_seconds)
+                continue
+            self.signal.wait()

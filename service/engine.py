@@ -1,0 +1,266 @@
+"""The inference engine: claimed jobs in, predictions stored, jobs completed.
+
+Instances of all the jobs for one model version are packed into batches of at
+most MAX_BATCH_SIZE rows, each batch is one call of the compiled model, and each
+batch's predictions are one insert_many. Used by the in-process dispatcher and
+by worker processes alike.
+"""
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from bson import ObjectId
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError
+
+from service import model_store
+from service.claims import JobQueue, utcnow
+from service.completions import Completions
+from service.signature import InputError, check_inputs
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_KEY = 11000
+
+
+@dataclass
+class Job:
+    """A claimed job with its inputs as arrays, ready to run."""
+
+    id: ObjectId
+    token: str
+    model: dict
+    arrays: dict[str, np.ndarray]
+    count: int
+    attempts: int
+    tags: dict = field(default_factory=dict)
+    owner: str | None = None
+    done: int = 0  # instances whose predictions are stored
+
+    @classmethod
+    def from_document(cls, document: dict, model: dict, max_instances: int) -> "Job":
+        """Rebuild a job read back from MongoDB (worker processes, sweeps)."""
+        arrays, count = check_inputs(
+            document["inputs"], model["signature"]["inputs"], max_instances
+        )
+        return cls(
+            id=document["_id"],
+            token=document["lease"]["token"],
+            model=model,
+            arrays=arrays,
+            count=count,
+            attempts=document.get("attempts", 1),
+            tags=document.get("tags") or {},
+            owner=document.get("owner"),
+        )
+
+
+class ModelCache:
+    """Compiled models by model id; the least recently used is dropped past capacity."""
+
+    def __init__(self, db: Database, cache_dir: Path, capacity: int):
+        self.db = db
+        self.cache_dir = cache_dir
+        self.capacity = capacity
+        self._models: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, model: dict):
+        with self._lock:
+            key = model["_id"]
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            from service.runtime import CompiledModel  # TensorFlow loads here, once
+
+            path = model_store.local_copy(self.db, model, self.cache_dir)
+            compiled = CompiledModel(str(path), model["format"])
+            self._models[key] = compiled
+            while len(self._models) > self.capacity:
+                self._models.popitem(last=False)
+            return compiled
+
+
+class Engine:
+    """Runs claimed jobs: batches per model, stores predictions, completes jobs."""
+
+    def __init__(self, db: Database, queue: JobQueue, config: dict, completions: Completions):
+        self.db = db
+        self.queue = queue
+        self.completions = completions
+        self.max_batch_size = config["MAX_BATCH_SIZE"]
+        self.max_instances = config["MAX_INSTANCES_PER_JOB"]
+        self.models = ModelCache(db, Path(config["MODEL_CACHE_DIR"]), config["MODEL_CACHE_SIZE"])
+        self._model_documents: dict[ObjectId, dict] = {}
+
+    def model_document(self, model_id: ObjectId) -> dict | None:
+        """A model document by id (models never change once stored, so cache them)."""
+        if model_id not in self._model_documents:
+            document = self.db.models.find_one({"_id": model_id})
+            if document is None:
+                return None
+            self._model_documents[model_id] = document
+        return self._model_documents[model_id]
+
+    def jobs_from_documents(self, documents: list[dict]) -> list[Job]:
+        """Turn claimed job documents into runnable jobs; fail those that cannot run."""
+        jobs = []
+        for document in documents:
+            model = self.model_document(document["model_ref"]["_id"])
+            token, attempts = document["lease"]["token"], document.get("attempts", 1)
+            if model is None:
+                self._fail(document["_id"], token, attempts, "its model was deleted")
+                continue
+            try:
+                jobs.append(Job.from_document(document, model, self.max_instances))
+            except InputError as error:
+                self._fail(document["_id"], token, attempts, str(error))
+        return jobs
+
+    def run(self, jobs: list[Job]) -> None:
+        """Run claimed jobs, grouped by model version."""
+        groups: dict[ObjectId, list[Job]] = {}
+        for job in jobs:
+            groups.setdefault(job.model["_id"], []).append(job)
+        for group in groups.values():
+            try:
+                compiled = self.models.get(group[0].model)
+            except Exception as error:
+                for job in group:
+                    self._fail_job(job, f"the model could not be loaded: {error}")
+                continue
+            self._run_group(compiled, group)
+
+    def _run_group(self, compiled, jobs: list[Job]) -> None:
+        """Pack the jobs' instances into batches; a failing batch is retried job by job."""
+        pending = list(jobs)
+        while pending:
+            batch = self._next_batch(pending)
+            try:
+                outputs = compiled.predict(self._concatenate(batch))
+            except Exception as error:
+                culprits = [job for job, _, _ in batch]
+                for job in culprits:
+                    pending.remove(job)
+                if len(culprits) == 1:
+                    self._fail_job(culprits[0], f"the model raised {type(error).__name__}: {error}")
+                    continue
+                # Someone's instances broke the batch: find out whose, one job at a time.
+                for job in culprits:
+                    self._run_group(compiled, [job])
+                continue
+            self._store(batch, outputs, pending)
+
+    def _next_batch(self, pending: list[Job]) -> list[tuple[Job, int, int]]:
+        """Up to max_batch_size rows from the head of the queue, as (job, start, stop)."""
+        batch, room = [], self.max_batch_size
+        for job in pending:
+            take = min(room, job.count - job.done)
+            batch.append((job, job.done, job.done + take))
+            room -= take
+            if room == 0:
+                break
+        return batch
+
+    def _concatenate(self, batch: list[tuple[Job, int, int]]) -> dict[str, np.ndarray]:
+        names = batch[0][0].arrays.keys()
+        if len(batch) == 1:
+            job, start, stop = batch[0]
+            return {name: job.arrays[name][start:stop] for name in names}
+        return {
+            name: np.concatenate([job.arrays[name][start:stop] for job, start, stop in batch])
+            for name in names
+        }
+
+    def _store(self, batch, outputs: np.ndarray, pending: list[Job]) -> None:
+        """Write a batch's predictions, then record progress or completion of its jobs."""
+        rows = outputs.reshape(len(outputs), -1)
+        finite = np.isfinite(rows).all(axis=1)
+        batch_info = {"id": ObjectId(), "size": len(outputs)}
+        now = utcnow()
+        documents, offset, broken = [], 0, {}
+        for job, start, stop in batch:
+            job_finite = finite[offset : offset + stop - start]
+            if job_finite.all():
+                job_outputs = outputs[offset : offset + stop - start]
+                documents += self._predictions(job, start, job_outputs, batch_info, now)
+            else:
+                bad = start + int(np.argmin(job_finite))
+                broken[job.id] = f"the model's output for inputs[{bad}] is not finite (NaN or Inf)"
+            offset += stop - start
+        self._insert(documents)
+        if self.completions.has_waiters:
+            for document in documents:
+                self.completions.add_prediction(document)
+
+        completed = []
+        for job, _, stop in batch:
+            if job.id in broken:
+                pending.remove(job)
+                self._fail_job(job, broken[job.id])
+                continue
+            job.done = stop
+            if job.done == job.count:
+                pending.remove(job)
+                completed.append(job)
+            elif not self.queue.extend(job.id, job.token, job.done):
+                log.warning("lost the lease of job %s; leaving it to its new holder", job.id)
+                pending.remove(job)
+        succeeded = self.queue.succeed([(job.id, job.token, job.count) for job in completed])
+        for job_id in succeeded:
+            self.completions.finish(job_id, "succeeded")
+
+    def _predictions(
+        self, job: Job, start: int, outputs: np.ndarray, batch_info: dict, now
+    ) -> list[dict]:
+        labels = job.model.get("labels")
+        values = outputs.tolist()
+        if labels and outputs.ndim == 2 and outputs.shape[1] == len(labels):
+            best = outputs.argmax(axis=1).tolist()
+            scores = outputs.max(axis=1).tolist()
+        else:
+            best = scores = None
+        model_name, model_version = job.model["name"], job.model["version"]
+        return [
+            {
+                "job": job.id,
+                "model": model_name,
+                "model_version": model_version,
+                "index": start + i,
+                "output": value,
+                "label": labels[best[i]] if best else None,
+                "score": scores[i] if best else None,
+                "tags": job.tags,
+                "owner": job.owner,
+                "batch": batch_info,
+                "_created": now,
+                "_updated": now,
+            }
+            for i, value in enumerate(values)
+        ]
+
+    def _insert(self, documents: list[dict]) -> None:
+        """insert_many; predictions already stored by an earlier attempt are skipped."""
+        if not documents:
+            return
+        try:
+            self.db.predictions.insert_many(documents, ordered=False)
+        except BulkWriteError as error:
+            others = [e for e in error.details["writeErrors"] if e["code"] != DUPLICATE_KEY]
+            if others:
+                raise
+
+    def _fail_job(self, job: Job, error: str) -> None:
+        self._fail(job.id, job.token, job.attempts, error)
+
+    def _fail(self, job_id: ObjectId, token: str, attempts: int, error: str) -> None:
+        status = self.queue.fail_attempt(job_id, token, attempts, error)
+        log.warning("job %s attempt %s: %s -> %s", job_id, attempts, error, status or "lease lost")
+        if status == "failed":
+            self.completions.finish(job_id, "failed")
+        elif status == "queued":
+            self.completions.restart(job_id)

@@ -1,0 +1,120 @@
+"""The model store: model documents in MongoDB, their files in GridFS, local copies.
+
+Used by the hooks (resolving "iris", "iris@2" or an id to a model document),
+by the engine (fetching a model's file to load it) and by the demo models.
+"""
+
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import gridfs
+from bson import ObjectId
+from pymongo import ReturnDocument
+from pymongo.database import Database
+
+from service import model_files
+
+FILE_SUFFIX = {"keras": ".keras", "savedmodel": ".zip"}
+
+
+class UnknownModel(LookupError):
+    """No ready model matches the reference a client gave."""
+
+
+def resolve(db: Database, reference: str) -> dict:
+    """Find the model a job names: "name" (newest ready version), "name@3" or an id."""
+    if ObjectId.is_valid(reference) and len(reference) == 24:
+        model = db.models.find_one({"_id": ObjectId(reference), "status": "ready"})
+        if model is None:
+            raise UnknownModel(f"no ready model with id {reference}")
+        return model
+    name, at, version = reference.partition("@")
+    query: dict = {"name": name, "status": "ready"}
+    if at:
+        if not version.isdigit():
+            raise UnknownModel(f"{reference!r}: the version after @ must be a number")
+        query["version"] = int(version)
+    model = db.models.find_one(query, sort=[("version", -1)])
+    if model is None:
+        raise UnknownModel(f"no ready model {reference!r}; see GET /v1/models")
+    return model
+
+
+def next_version(db: Database, name: str) -> int:
+    """Take the next version number of a name from an atomic counter."""
+    counter = db.counters.find_one_and_update(
+        {"_id": f"models:{name}"},
+        {"$inc": {"seq": 1}},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+    return counter["seq"]
+
+
+def local_copy(db: Database, model: dict, cache_dir: Path) -> Path:
+    """Return a loadable local path of the model's file, downloading it once."""
+    model_id = str(model["_id"])
+    model_format = model["format"]
+    target = cache_dir / model_id
+    if not target.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        # Build in a temporary folder, then rename: a crash never leaves half a model.
+        staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{model_id}-"))
+        download = staging / f"download{FILE_SUFFIX[model_format]}"
+        with open(download, "wb") as handle:
+            handle.write(gridfs.GridFS(db).get(model["file"]).read())
+        model_files.loadable_path(download, model_format, staging)
+        download.unlink()
+        try:
+            staging.rename(target)
+        except OSError:  # another process won the race: use its copy
+            shutil.rmtree(staging, ignore_errors=True)
+    if model_format == "savedmodel":
+        return next(target.rglob("saved_model.pb")).parent
+    return target / "model.keras"
+
+
+def register(
+    db: Database,
+    name: str,
+    path: Path,
+    *,
+    labels: list[str] | None = None,
+    description: str = "",
+    limits: dict,
+) -> dict:
+    """Inspect and store a model file without the HTTP layer (used for demo models).
+
+    Writes through the driver because it runs before any API process exists; it
+    stores what the POST /v1/models hooks store (Eve computes the ETag on read).
+    """
+    model_format = model_files.sniff_format(path, limits["max_bytes"])
+    with tempfile.TemporaryDirectory() as workdir:
+        loadable = model_files.loadable_path(path, model_format, Path(workdir))
+        signature = model_files.inspect_in_child(
+            loadable, model_format, limits["timeout_s"], limits["memory_mb"]
+        )
+    model_files.check_labels(labels, signature)
+    file_id = gridfs.GridFS(db).put(path.read_bytes(), filename=path.name)
+    now = datetime.now(UTC).replace(microsecond=0)
+    document = {
+        "name": name,
+        "version": next_version(db, name),
+        "file": file_id,
+        "format": model_format,
+        "signature": signature,
+        "labels": labels,
+        "description": description,
+        "owner": None,
+        "status": "ready",
+        "_created": now,
+        "_updated": now,
+    }
+    try:
+        document["_id"] = db.models.insert_one(document).inserted_id
+    except Exception:
+        gridfs.GridFS(db).delete(file_id)
+        raise
+    return document

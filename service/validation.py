@@ -1,0 +1,48 @@
+"""Cerberus rules of Sibyl's own, checked by Eve before anything is stored."""
+
+import tempfile
+from pathlib import Path
+
+from eve.io.mongo import Validator
+from flask import current_app, g
+
+from service import model_files
+
+
+class SibylValidator(Validator):
+    """Eve's validator plus `model_file`: an upload must be a model Sibyl can serve."""
+
+    def _validate_model_file(self, constraint, field, value):
+        """Load the uploaded model in a sandboxed child and keep its signature.
+
+        The rule's arguments are validated against this schema:
+        {'type': 'boolean'}
+        """
+        if not constraint or not hasattr(value, "save"):
+            return
+        config = current_app.config
+        with tempfile.TemporaryDirectory() as workdir:
+            upload = Path(workdir) / "upload"
+            value.save(upload)
+            value.stream.seek(0)  # Eve stores the same stream in GridFS next
+            try:
+                model_format = model_files.sniff_format(upload, config["MAX_MODEL_BYTES"])
+                loadable = model_files.loadable_path(upload, model_format, Path(workdir))
+                signature = model_files.inspect_in_child(
+                    loadable,
+                    model_format,
+                    config["MODEL_LOAD_TIMEOUT_S"],
+                    config["MODEL_LOAD_MEMORY_MB"],
+                )
+            except model_files.ModelFileError as error:
+                self._error(field, str(error))
+                return
+        try:
+            model_files.check_labels(self.document.get("labels"), signature)
+        except model_files.ModelFileError as error:
+            self._error("labels", str(error))
+            return
+        # Read back by hooks/models.py when the document is inserted.
+        g.setdefault("inspected_models", []).append(
+            {"format": model_format, "signature": signature}
+        )
