@@ -16,6 +16,7 @@ def register(app: Eve) -> None:
     app.on_pre_GET_jobs += jobs.on_pre_GET_jobs
     app.on_update_jobs += jobs.on_update_jobs
     app.on_delete_item_jobs += jobs.on_delete_item_jobs
+    app.on_deleted_item_jobs += jobs.on_deleted_item_jobs
 
     app.on_insert_models += models.on_insert_models
     app.on_delete_item_models += models.on_delete_item_models

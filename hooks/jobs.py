@@ -151,3 +151,8 @@ def on_delete_item_jobs(item: dict) -> None:
     """Refuse to delete a job that is still queued or running."""
     if item.get("status") not in FINISHED_STATUSES:
         abort(409, description=f"job is {item.get('status')}: delete it once it has finished")
+
+
+def on_deleted_item_jobs(item: dict) -> None:
+    """A deleted job takes its predictions with it."""
+    sibyl().db.predictions.delete_many({"job": item["_id"]})

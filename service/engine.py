@@ -59,6 +59,14 @@ class Job:
         )
 
 
+def error_summary(error: Exception) -> str:
+    """The line of an exception that says what went wrong (TensorFlow's come last)."""
+    text = str(getattr(error, "message", error))
+    lines = [line for line in text.splitlines() if line.strip() and not line[0].isspace()]
+    lines = [line for line in lines if not line.startswith(("Detected at node", "Graph execution"))]
+    return f"{type(error).__name__}: {(lines[-1] if lines else '')[:300]}"
+
+
 class ModelCache:
     """Compiled models by model id; the least recently used is dropped past capacity."""
 
@@ -147,7 +155,7 @@ class Engine:
                 for job in culprits:
                     pending.remove(job)
                 if len(culprits) == 1:
-                    self._fail_job(culprits[0], f"the model raised {type(error).__name__}: {error}")
+                    self._fail_job(culprits[0], f"the model raised {error_summary(error)}")
                     continue
                 # Someone's instances broke the batch: find out whose, one job at a time.
                 for job in culprits:

@@ -83,10 +83,13 @@ def _columns(inputs, input_specs: list[dict]) -> tuple[dict, dict]:
 def _check_names(given: set, names: list[str], where: str) -> None:
     missing = [name for name in names if name not in given]
     unknown = sorted(str(name) for name in given - set(names))
+    if unknown:
+        raise InputError(
+            f"{where}: the model has no input named {', '.join(unknown)} "
+            f"(its inputs: {', '.join(names)})"
+        )
     if missing:
         raise InputError(f"{where}: missing input {', '.join(missing)}")
-    if unknown:
-        raise InputError(f"{where}: the model has no input named {', '.join(unknown)}")
 
 
 def _to_array(values: list, spec: dict, where: Place) -> np.ndarray:

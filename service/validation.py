@@ -35,7 +35,7 @@ class SibylValidator(Validator):
                     config["MODEL_LOAD_MEMORY_MB"],
                 )
             except model_files.ModelFileError as error:
-                self._error(field, str(error))
+                self._refuse_upload(field, str(error))
                 return
         try:
             model_files.check_labels(self.document.get("labels"), signature)
@@ -46,3 +46,16 @@ class SibylValidator(Validator):
         g.setdefault("inspected_models", []).append(
             {"format": model_format, "signature": signature}
         )
+
+    def _refuse_upload(self, field: str, message: str) -> None:
+        """Record an error on a file field.
+
+        Cerberus deep-copies the field's value into the error, and an upload's
+        stream cannot be copied: the file name stands in for it meanwhile.
+        """
+        upload = self.document[field]
+        self.document[field] = getattr(upload, "filename", None) or "upload"
+        try:
+            self._error(field, message)
+        finally:
+            self.document[field] = upload

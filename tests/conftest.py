@@ -4,18 +4,27 @@ Each test starts from empty collections (indexes kept): the server grows slower
 as state accumulates, and restarting it per test would cost seconds.
 """
 
+import json
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import gridfs
 import pymongo
 import pytest
 import requests
 from werkzeug import serving
 
+import settings
 from service import create_app
+from service.demo_models import ensure_demo_models, model_limits
 from service.embedded_db import EmbeddedDatabase
 
 TEST_DB_NAME = "sibyl_test"
+# The queueing app has a database of its own, so that the in-process app's
+# sweeps never run the jobs its tests expect to stay queued.
+QUEUE_DB_NAME = "sibyl_queue_test"
 
 
 class Api:
@@ -73,12 +82,25 @@ def database(tmp_path_factory) -> Iterator[EmbeddedDatabase]:
 
 
 @pytest.fixture(scope="session")
-def start_server(database) -> Iterator[Callable[..., LiveServer]]:
+def test_settings(database, tmp_path_factory) -> dict:
+    """Settings every test app shares: the session database, quick polling."""
+    return {
+        "MONGO_URI": database.uri,
+        "MONGO_DBNAME": TEST_DB_NAME,
+        "MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("models")),
+        "POLL_SECONDS": 0.1,
+    }
+
+
+@pytest.fixture(scope="session")
+def start_server(test_settings) -> Iterator[Callable[..., LiveServer]]:
     """Start extra servers with their own settings (closed at session end)."""
     servers: list[LiveServer] = []
 
     def start(overrides: dict | None = None, mongo_uri: str | None = None) -> LiveServer:
-        config = {"MONGO_URI": mongo_uri or database.uri, "MONGO_DBNAME": TEST_DB_NAME}
+        config = dict(test_settings)
+        if mongo_uri:
+            config["MONGO_URI"] = mongo_uri
         config.update(overrides or {})
         server = LiveServer(create_app(config))
         servers.append(server)
@@ -87,6 +109,7 @@ def start_server(database) -> Iterator[Callable[..., LiveServer]]:
     yield start
     for server in servers:
         server.stop()
+        server.app.extensions["sibyl"].close()
 
 
 @pytest.fixture(scope="session")
@@ -95,18 +118,114 @@ def live_server(start_server) -> LiveServer:
     return start_server()
 
 
-@pytest.fixture
-def db(database) -> Iterator[pymongo.database.Database]:
-    """The test database, emptied before each test (indexes stay)."""
+def emptied(database: EmbeddedDatabase, name: str) -> Iterator[pymongo.database.Database]:
     client = pymongo.MongoClient(database.uri, tz_aware=True)
-    test_db = client[TEST_DB_NAME]
-    for name in test_db.list_collection_names():
-        test_db[name].delete_many({})
+    test_db = client[name]
+    for collection in test_db.list_collection_names():
+        test_db[collection].delete_many({})
     yield test_db
     client.close()
 
 
 @pytest.fixture
-def api(live_server, db) -> Api:
-    """An HTTP client of the default app, on an empty database."""
-    return live_server.api()
+def db(database) -> Iterator[pymongo.database.Database]:
+    """The test database, emptied before each test (indexes stay)."""
+    yield from emptied(database, TEST_DB_NAME)
+
+
+@pytest.fixture
+def queue_db(database) -> Iterator[pymongo.database.Database]:
+    """The queueing app's database, emptied before each test."""
+    yield from emptied(database, QUEUE_DB_NAME)
+
+
+@pytest.fixture(scope="session")
+def queueing_server(start_server) -> LiveServer:
+    """An app in workers mode: it stores jobs and runs none (no worker is started)."""
+    return start_server({"INFERENCE": "workers", "MONGO_DBNAME": QUEUE_DB_NAME})
+
+
+@pytest.fixture
+def api(live_server, db) -> Iterator[Api]:
+    """An HTTP client of the default app (in-process inference), on an empty database.
+
+    The test ends once its jobs have: none may write into the next test's database.
+    """
+    yield live_server.api()
+    wait_until_idle(db)
+
+
+def wait_until_idle(db: pymongo.database.Database, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while db.jobs.find_one({"status": {"$in": ["queued", "running"]}}, {"_id": 1}):
+        assert time.monotonic() < deadline, "jobs still unfinished after the test"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def queue_api(queueing_server, queue_db) -> Api:
+    """An HTTP client of an app whose jobs stay queued."""
+    return queueing_server.api()
+
+
+@pytest.fixture(scope="session")
+def model_snapshot(database) -> dict:
+    """The demo models, trained and registered once per session, kept aside."""
+    client = pymongo.MongoClient(database.uri, tz_aware=True)
+    template = client["sibyl_model_template"]
+    ensure_demo_models(template, model_limits(settings))
+    snapshot = {
+        "models": list(template.models.find()),
+        "counters": list(template.counters.find()),
+        "files": [(f._id, f.filename, f.read()) for f in gridfs.GridFS(template).find()],
+    }
+    client.close()
+    return snapshot
+
+
+def restore_models(db: pymongo.database.Database, snapshot: dict) -> dict[str, dict]:
+    files = gridfs.GridFS(db)
+    for file_id, filename, data in snapshot["files"]:
+        files.put(data, _id=file_id, filename=filename)
+    db.models.insert_many([dict(model) for model in snapshot["models"]])
+    db.counters.insert_many([dict(counter) for counter in snapshot["counters"]])
+    return {model["name"]: model for model in snapshot["models"]}
+
+
+@pytest.fixture
+def demo_models(db, model_snapshot) -> dict[str, dict]:
+    """The iris and digits models in the test database, by name (restored, not retrained)."""
+    return restore_models(db, model_snapshot)
+
+
+@pytest.fixture
+def queue_demo_models(queue_db, model_snapshot) -> dict[str, dict]:
+    """The demo models in the queueing app's database."""
+    return restore_models(queue_db, model_snapshot)
+
+
+def upload_model(api: Api, name: str, path, labels: list[str] | None = None, **fields) -> requests.Response:
+    """POST /v1/models as a client does: multipart, the file plus form fields."""
+    data = {"name": name, **fields}
+    if labels is not None:
+        data["labels"] = json.dumps(labels)
+    with open(path, "rb") as handle:
+        return api.post("/models", data=data, files={"file": (Path(path).name, handle)})
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory) -> dict[str, Path]:
+    """Small real models of every kind the tests upload, built once."""
+    import model_builders
+
+    folder = tmp_path_factory.mktemp("model_files")
+    return {
+        "tiny": model_builders.tiny_classifier(folder / "tiny.keras"),
+        "two_inputs": model_builders.two_input_model(folder / "two_inputs.keras"),
+        "overflowing": model_builders.overflowing_model(folder / "overflowing.keras"),
+        "embedding": model_builders.embedding_model(folder / "embedding.keras"),
+        "lambda": model_builders.lambda_model(folder / "lambda.keras"),
+        "fixed_batch": model_builders.fixed_batch_model(folder / "fixed_batch.keras"),
+        "h5": model_builders.h5_model(folder / "legacy.h5"),
+        "savedmodel": model_builders.savedmodel_zip(folder / "doubler.zip"),
+    }

@@ -21,20 +21,21 @@ def test_deeply_nested_json_is_400(api, db, depth):
     assert db.jobs.count_documents({}) == 0
 
 
-def test_nesting_within_the_limit_reaches_validation(api, db):
+def test_nesting_within_the_limit_reaches_validation(queue_api, queue_demo_models):
     inputs = [[[[1.0]]]]
-    response = api.post("/jobs", json={"model": "iris", "inputs": inputs, "tags": {"a": {"b": 1}}})
-    assert response.status_code == 201
+    response = queue_api.post("/jobs", json={"model": "iris", "inputs": inputs})
+    assert response.status_code == 422
+    assert response.json()["_issues"]["inputs"] == "inputs[0]: expected shape [4], got [1, 1, 1]"
 
 
-def test_body_over_the_limit_is_413(start_server, db):
+def test_body_over_the_limit_is_413(start_server, db, demo_models):
     api = start_server({"MAX_CONTENT_LENGTH": 10_000}).api()
     inputs = [[1.0, 2.0, 3.0, 4.0]] * 1_000
     response = api.post("/jobs", json={"model": "iris", "inputs": inputs})
     assert response.status_code == 413
     assert response.json()["_error"]["code"] == 413
     assert db.jobs.count_documents({}) == 0
-    assert api.post("/jobs", json={"model": "iris", "inputs": inputs[:10]}).status_code == 201
+    assert api.post("/jobs?wait=10", json={"model": "iris", "inputs": inputs[:10]}).status_code == 201
 
 
 def test_unknown_route_is_json_404(api):

@@ -1,0 +1,163 @@
+"""Jobs become real TensorFlow predictions: correct, batched, exactly once, failures contained."""
+
+import threading
+
+import numpy as np
+import pytest
+from conftest import upload_model
+from model_builders import direct_outputs
+
+from service.demo_models import load_digits, load_iris
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture
+def demo_model_paths(tmp_path, db, demo_models):
+    """The demo models' files, as stored in GridFS, to run them directly."""
+    import gridfs
+
+    paths = {}
+    for name, model in demo_models.items():
+        paths[name] = tmp_path / f"{name}.keras"
+        paths[name].write_bytes(gridfs.GridFS(db).get(model["file"]).read())
+    return paths
+
+
+def finished(api, response):
+    """The finished job of a POST ?wait= answer."""
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["status"] == "succeeded", job
+    return job
+
+
+def test_iris_predictions_equal_the_model(api, db, demo_models, demo_model_paths):
+    features, species = load_iris()
+    response = api.post("/jobs?wait=30", json={"model": "iris", "inputs": features.tolist(), "tags": {"set": "all"}})
+    job = finished(api, response)
+    outputs = np.array([p["output"] for p in job["predictions"]])
+    np.testing.assert_allclose(outputs, direct_outputs(demo_model_paths["iris"], features), atol=TOLERANCE)
+    labels = [p["label"] for p in job["predictions"]]
+    names = ["setosa", "versicolor", "virginica"]
+    accuracy = np.mean([labels[i] == names[s] for i, s in enumerate(species)])
+    assert accuracy > 0.9  # a trained model, not a random one
+    assert [p["index"] for p in job["predictions"]] == list(range(150))
+    assert job["progress"] == {"done": 150, "total": 150}
+
+    stored = db.predictions.find({"job": db.jobs.find_one()["_id"]}).sort("index", 1)
+    stored = list(stored)
+    assert len(stored) == 150
+    assert stored[0]["model"] == "iris" and stored[0]["model_version"] == 1
+    assert stored[0]["tags"] == {"set": "all"}
+    assert stored[0]["score"] == pytest.approx(max(stored[0]["output"]))
+
+
+def test_digits_predictions_equal_the_model(api, demo_models, demo_model_paths):
+    images, digits = load_digits()
+    response = api.post("/jobs?wait=30", json={"model": "digits", "inputs": images[:64].tolist()})
+    job = finished(api, response)
+    outputs = np.array([p["output"] for p in job["predictions"]])
+    np.testing.assert_allclose(outputs, direct_outputs(demo_model_paths["digits"], images[:64]), atol=TOLERANCE)
+    assert [p["label"] for p in job["predictions"]] == [str(int(np.argmax(o))) for o in outputs]
+
+
+def test_multi_input_model_both_ways(api, model_files):
+    assert upload_model(api, "pair", model_files["two_inputs"]).status_code == 201
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 3)).astype("float32"), rng.normal(size=(5, 2)).astype("float32")
+    expected = direct_outputs(model_files["two_inputs"], [a, b])
+
+    per_instance = [{"a": a[i].tolist(), "b": b[i].tolist()} for i in range(5)]
+    columnar = {"a": a.tolist(), "b": b.tolist()}
+    for inputs in (per_instance, columnar):
+        job = finished(api, api.post("/jobs?wait=30", json={"model": "pair", "inputs": inputs}))
+        outputs = np.array([p["output"] for p in job["predictions"]])
+        np.testing.assert_allclose(outputs, expected, atol=TOLERANCE)
+        assert all(p["label"] is None for p in job["predictions"])  # no labels given
+
+    bad = api.post("/jobs", json={"model": "pair", "inputs": [{"a": [1, 2, 3]}]})
+    assert bad.status_code == 422
+    assert bad.json()["_issues"]["inputs"] == "inputs[0]: missing input b"
+
+
+def test_savedmodel_predictions(api, model_files):
+    assert upload_model(api, "doubler", model_files["savedmodel"]).status_code == 201
+    job = finished(api, api.post("/jobs?wait=30", json={"model": "doubler", "inputs": [[1, 2, 3], [0, 0, 0]]}))
+    assert [p["output"] for p in job["predictions"]] == [[3, 5, 7], [1, 1, 1]]
+
+
+def test_concurrent_jobs_share_model_calls(start_server, db, demo_models):
+    api = start_server({"MAX_WAIT_MS": 200}).api()
+    responses = []
+
+    def submit(i):
+        responses.append(api.post("/jobs?wait=30", json={"model": "iris", "inputs": [[5.0, 3.0, 1.0 + i / 10, 0.2]]}))
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.json()["status"] for r in responses] == ["succeeded"] * 12
+    batches = {}
+    for prediction in db.predictions.find():
+        batches[prediction["batch"]["id"]] = prediction["batch"]["size"]
+    assert db.predictions.count_documents({}) == 12
+    assert len(batches) < 12  # fewer model calls than jobs
+    assert max(batches.values()) > 1
+    assert sum(batches.values()) == 12
+
+
+def test_large_job_reports_progress_in_batches(start_server, db, demo_models):
+    api = start_server({"MAX_BATCH_SIZE": 100}).api()
+    features, _ = load_iris()
+    inputs = np.tile(features, (7, 1))[:1000].tolist()
+    created = api.post("/jobs", json={"model": "iris", "inputs": inputs}).json()
+    job = api.get(f"/jobs/{created['_id']}?wait=30").json()
+    assert job["status"] == "succeeded"
+    assert job["progress"] == {"done": 1000, "total": 1000}
+    sizes = [p["batch"]["size"] for p in db.predictions.find({}, {"batch": 1})]
+    assert len(sizes) == 1000
+    assert max(sizes) == 100
+    assert len({p["index"] for p in db.predictions.find({}, {"index": 1})}) == 1000
+
+
+def test_get_wait_holds_until_finished_and_wait_zero_does_not(api, demo_models):
+    created = api.post("/jobs", json={"model": "iris", "inputs": [[5.1, 3.5, 1.4, 0.2]] * 50}).json()
+    job = api.get(f"/jobs/{created['_id']}?wait=30").json()
+    assert job["status"] == "succeeded"
+    assert job["finished_at"] is not None
+    assert api.get(f"/jobs/{created['_id']}?wait=0").json()["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("model", "poison", "good", "error"),
+    [
+        ("overflowing", [3e38, 3e38], [1.0, 2.0], "is not finite"),
+        ("embedding", [1, 9], [1, 2], "the model raised InvalidArgumentError: indices"),
+    ],
+)
+def test_poison_job_fails_after_max_attempts_and_spares_the_others(
+    start_server, db, model_files, model, poison, good, error
+):
+    api = start_server({"MAX_ATTEMPTS": 3, "MAX_WAIT_MS": 100}).api()
+    assert upload_model(api, "fragile", model_files[model]).status_code == 201
+    # One request, so the poison shares its first batch with the good jobs.
+    jobs = [{"model": "fragile", "inputs": [good]}, {"model": "fragile", "inputs": [poison]}, {"model": "fragile", "inputs": [good, good]}]
+    created = api.post("/jobs", json=jobs).json()["_items"]
+    states = [api.get(f"/jobs/{item['_id']}?wait=30").json() for item in created]
+    assert [job["status"] for job in states] == ["succeeded", "failed", "succeeded"]
+    assert states[1]["attempts"] == 3
+    assert error in states[1]["error"]
+    assert states[1]["error"].startswith("failed after 3 attempts")
+    assert db.predictions.count_documents({"job": db.jobs.find_one({"status": "failed"})["_id"]}) == 0
+    assert db.predictions.count_documents({}) == 3
+
+
+def test_deleting_a_finished_job_deletes_its_predictions(api, db, demo_models):
+    created = api.post("/jobs?wait=30", json={"model": "iris", "inputs": [[5.1, 3.5, 1.4, 0.2]] * 3}).json()
+    job = api.get(f"/jobs/{created['_id']}").json()
+    assert db.predictions.count_documents({}) == 3
+    assert api.delete(f"/jobs/{job['_id']}", headers={"If-Match": job["_etag"]}).status_code == 204
+    assert db.predictions.count_documents({}) == 0
