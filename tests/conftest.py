@@ -204,7 +204,9 @@ def queue_demo_models(queue_db, model_snapshot) -> dict[str, dict]:
     return restore_models(queue_db, model_snapshot)
 
 
-def upload_model(api: Api, name: str, path, labels: list[str] | None = None, **fields) -> requests.Response:
+def upload_model(
+    api: Api, name: str, path, labels: list[str] | None = None, **fields
+) -> requests.Response:
     """POST /v1/models as a client does: multipart, the file plus form fields."""
     data = {"name": name, **fields}
     if labels is not None:

@@ -35,7 +35,9 @@ def test_body_over_the_limit_is_413(start_server, db, demo_models):
     assert response.status_code == 413
     assert response.json()["_error"]["code"] == 413
     assert db.jobs.count_documents({}) == 0
-    assert api.post("/jobs?wait=10", json={"model": "iris", "inputs": inputs[:10]}).status_code == 201
+    assert (
+        api.post("/jobs?wait=10", json={"model": "iris", "inputs": inputs[:10]}).status_code == 201
+    )
 
 
 def test_unknown_route_is_json_404(api):

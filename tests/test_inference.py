@@ -34,10 +34,14 @@ def finished(api, response):
 
 def test_iris_predictions_equal_the_model(api, db, demo_models, demo_model_paths):
     features, species = load_iris()
-    response = api.post("/jobs?wait=30", json={"model": "iris", "inputs": features.tolist(), "tags": {"set": "all"}})
+    response = api.post(
+        "/jobs?wait=30", json={"model": "iris", "inputs": features.tolist(), "tags": {"set": "all"}}
+    )
     job = finished(api, response)
     outputs = np.array([p["output"] for p in job["predictions"]])
-    np.testing.assert_allclose(outputs, direct_outputs(demo_model_paths["iris"], features), atol=TOLERANCE)
+    np.testing.assert_allclose(
+        outputs, direct_outputs(demo_model_paths["iris"], features), atol=TOLERANCE
+    )
     labels = [p["label"] for p in job["predictions"]]
     names = ["setosa", "versicolor", "virginica"]
     accuracy = np.mean([labels[i] == names[s] for i, s in enumerate(species)])
@@ -58,7 +62,9 @@ def test_digits_predictions_equal_the_model(api, demo_models, demo_model_paths):
     response = api.post("/jobs?wait=30", json={"model": "digits", "inputs": images[:64].tolist()})
     job = finished(api, response)
     outputs = np.array([p["output"] for p in job["predictions"]])
-    np.testing.assert_allclose(outputs, direct_outputs(demo_model_paths["digits"], images[:64]), atol=TOLERANCE)
+    np.testing.assert_allclose(
+        outputs, direct_outputs(demo_model_paths["digits"], images[:64]), atol=TOLERANCE
+    )
     assert [p["label"] for p in job["predictions"]] == [str(int(np.argmax(o))) for o in outputs]
 
 
@@ -83,7 +89,9 @@ def test_multi_input_model_both_ways(api, model_files):
 
 def test_savedmodel_predictions(api, model_files):
     assert upload_model(api, "doubler", model_files["savedmodel"]).status_code == 201
-    job = finished(api, api.post("/jobs?wait=30", json={"model": "doubler", "inputs": [[1, 2, 3], [0, 0, 0]]}))
+    job = finished(
+        api, api.post("/jobs?wait=30", json={"model": "doubler", "inputs": [[1, 2, 3], [0, 0, 0]]})
+    )
     assert [p["output"] for p in job["predictions"]] == [[3, 5, 7], [1, 1, 1]]
 
 
@@ -92,7 +100,11 @@ def test_concurrent_jobs_share_model_calls(start_server, db, demo_models):
     responses = []
 
     def submit(i):
-        responses.append(api.post("/jobs?wait=30", json={"model": "iris", "inputs": [[5.0, 3.0, 1.0 + i / 10, 0.2]]}))
+        responses.append(
+            api.post(
+                "/jobs?wait=30", json={"model": "iris", "inputs": [[5.0, 3.0, 1.0 + i / 10, 0.2]]}
+            )
+        )
 
     threads = [threading.Thread(target=submit, args=(i,)) for i in range(12)]
     for thread in threads:
@@ -124,7 +136,9 @@ def test_large_job_reports_progress_in_batches(start_server, db, demo_models):
 
 
 def test_get_wait_holds_until_finished_and_wait_zero_does_not(api, demo_models):
-    created = api.post("/jobs", json={"model": "iris", "inputs": [[5.1, 3.5, 1.4, 0.2]] * 50}).json()
+    created = api.post(
+        "/jobs", json={"model": "iris", "inputs": [[5.1, 3.5, 1.4, 0.2]] * 50}
+    ).json()
     job = api.get(f"/jobs/{created['_id']}?wait=30").json()
     assert job["status"] == "succeeded"
     assert job["finished_at"] is not None
@@ -144,19 +158,27 @@ def test_poison_job_fails_after_max_attempts_and_spares_the_others(
     api = start_server({"MAX_ATTEMPTS": 3, "MAX_WAIT_MS": 100}).api()
     assert upload_model(api, "fragile", model_files[model]).status_code == 201
     # One request, so the poison shares its first batch with the good jobs.
-    jobs = [{"model": "fragile", "inputs": [good]}, {"model": "fragile", "inputs": [poison]}, {"model": "fragile", "inputs": [good, good]}]
+    jobs = [
+        {"model": "fragile", "inputs": [good]},
+        {"model": "fragile", "inputs": [poison]},
+        {"model": "fragile", "inputs": [good, good]},
+    ]
     created = api.post("/jobs", json=jobs).json()["_items"]
     states = [api.get(f"/jobs/{item['_id']}?wait=30").json() for item in created]
     assert [job["status"] for job in states] == ["succeeded", "failed", "succeeded"]
     assert states[1]["attempts"] == 3
     assert error in states[1]["error"]
     assert states[1]["error"].startswith("failed after 3 attempts")
-    assert db.predictions.count_documents({"job": db.jobs.find_one({"status": "failed"})["_id"]}) == 0
+    assert (
+        db.predictions.count_documents({"job": db.jobs.find_one({"status": "failed"})["_id"]}) == 0
+    )
     assert db.predictions.count_documents({}) == 3
 
 
 def test_deleting_a_finished_job_deletes_its_predictions(api, db, demo_models):
-    created = api.post("/jobs?wait=30", json={"model": "iris", "inputs": [[5.1, 3.5, 1.4, 0.2]] * 3}).json()
+    created = api.post(
+        "/jobs?wait=30", json={"model": "iris", "inputs": [[5.1, 3.5, 1.4, 0.2]] * 3}
+    ).json()
     job = api.get(f"/jobs/{created['_id']}").json()
     assert db.predictions.count_documents({}) == 3
     assert api.delete(f"/jobs/{job['_id']}", headers={"If-Match": job["_etag"]}).status_code == 204

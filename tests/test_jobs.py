@@ -59,17 +59,43 @@ def test_model_can_be_named_by_name_version_or_id(queue_api, queue_demo_models, 
         ({"model": "iris@7", "inputs": [SETOSA]}, "model", "no ready model 'iris@7'"),
         ({"model": "iris@x", "inputs": [SETOSA]}, "model", "version after @ must be a number"),
         ({"model": "0" * 24, "inputs": [SETOSA]}, "model", "no ready model with id"),
-        ({"model": "iris", "inputs": [SETOSA, [1, 2, 3]]}, "inputs", "inputs[1]: expected shape [4], got [3]"),
-        ({"model": "iris", "inputs": [SETOSA, SETOSA, [1, 2, 3, 4, 5]]}, "inputs", "inputs[2]: expected shape [4], got [5]"),
-        ({"model": "iris", "inputs": [[1, 2, "3", 4]]}, "inputs", "inputs[0]: expected numbers, got a string"),
-        ({"model": "iris", "inputs": [[1, 2, None, 4]]}, "inputs", "inputs[0]: expected numbers, got null"),
-        ({"model": "iris", "inputs": [[True, False, True, False]]}, "inputs", "inputs[0]: expected numbers, got booleans"),
+        (
+            {"model": "iris", "inputs": [SETOSA, [1, 2, 3]]},
+            "inputs",
+            "inputs[1]: expected shape [4], got [3]",
+        ),
+        (
+            {"model": "iris", "inputs": [SETOSA, SETOSA, [1, 2, 3, 4, 5]]},
+            "inputs",
+            "inputs[2]: expected shape [4], got [5]",
+        ),
+        (
+            {"model": "iris", "inputs": [[1, 2, "3", 4]]},
+            "inputs",
+            "inputs[0]: expected numbers, got a string",
+        ),
+        (
+            {"model": "iris", "inputs": [[1, 2, None, 4]]},
+            "inputs",
+            "inputs[0]: expected numbers, got null",
+        ),
+        (
+            {"model": "iris", "inputs": [[True, False, True, False]]},
+            "inputs",
+            "inputs[0]: expected numbers, got booleans",
+        ),
         ({"model": "iris", "inputs": [SETOSA, [1, [2], 3, 4]]}, "inputs", "inputs[1]"),
         ({"model": "iris", "inputs": {"pixels": [SETOSA]}}, "inputs", "no input named pixels"),
-        ({"model": "digits", "inputs": [SETOSA]}, "inputs", "inputs[0]: expected shape [8, 8], got [4]"),
+        (
+            {"model": "digits", "inputs": [SETOSA]},
+            "inputs",
+            "inputs[0]: expected shape [8, 8], got [4]",
+        ),
     ],
 )
-def test_invalid_job_is_422_naming_the_field(queue_api, queue_db, queue_demo_models, body, field, message):
+def test_invalid_job_is_422_naming_the_field(
+    queue_api, queue_db, queue_demo_models, body, field, message
+):
     response = queue_api.post("/jobs", json=body)
     assert response.status_code == 422, response.text
     issues = response.json()["_issues"]
@@ -81,7 +107,7 @@ def test_invalid_job_is_422_naming_the_field(queue_api, queue_db, queue_demo_mod
 def test_non_finite_numbers_are_refused(queue_api, queue_db, queue_demo_models):
     # Python's JSON parser accepts NaN and Infinity; the model must never see them.
     for literal in ("NaN", "Infinity", "-Infinity"):
-        body = '{"model": "iris", "inputs": [[1, 2, 3, 4], [1, 2, %s, 4]]}' % literal
+        body = f'{{"model": "iris", "inputs": [[1, 2, 3, 4], [1, 2, {literal}, 4]]}}'
         response = queue_api.post("/jobs", data=body, headers={"Content-Type": "application/json"})
         assert response.status_code == 422
         assert response.json()["_issues"]["inputs"].startswith("inputs[1]: NaN, Infinity or null")
@@ -89,7 +115,9 @@ def test_non_finite_numbers_are_refused(queue_api, queue_db, queue_demo_models):
 
 
 def test_too_many_instances(start_server, queue_db, queue_demo_models):
-    api = start_server({"INFERENCE": "workers", "MONGO_DBNAME": "sibyl_queue_test", "MAX_INSTANCES_PER_JOB": 3}).api()
+    api = start_server(
+        {"INFERENCE": "workers", "MONGO_DBNAME": "sibyl_queue_test", "MAX_INSTANCES_PER_JOB": 3}
+    ).api()
     response = api.post("/jobs", json={"model": "iris", "inputs": [SETOSA] * 4})
     assert response.status_code == 422
     assert response.json()["_issues"]["inputs"] == "inputs: 4 instances, at most 3 per job"
@@ -127,7 +155,9 @@ def test_patch_needs_the_current_etag(queue_api, queue_demo_models):
 def test_submitted_inputs_cannot_change(queue_api, queue_demo_models):
     created = queue_api.post("/jobs", json=JOB).json()
     url = f"/jobs/{created['_id']}"
-    response = queue_api.patch(url, json={"inputs": [[0.0] * 4]}, headers={"If-Match": created["_etag"]})
+    response = queue_api.patch(
+        url, json={"inputs": [[0.0] * 4]}, headers={"If-Match": created["_etag"]}
+    )
     assert response.status_code == 422
     assert "inputs" in response.json()["_error"]["message"]
     assert queue_api.get(url).json()["inputs"] == [SETOSA]

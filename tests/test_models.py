@@ -12,7 +12,9 @@ LABELS = ["a", "b", "c"]
 
 
 def test_upload_records_signature_and_versions(api, db, model_files):
-    first = upload_model(api, "tiny", model_files["tiny"], labels=LABELS, description="three classes")
+    first = upload_model(
+        api, "tiny", model_files["tiny"], labels=LABELS, description="three classes"
+    )
     assert first.status_code == 201, first.text
     model = api.get(f"/models/{first.json()['_id']}").json()
     assert model["version"] == 1
@@ -20,7 +22,9 @@ def test_upload_records_signature_and_versions(api, db, model_files):
     assert model["status"] == "ready"
     assert model["labels"] == LABELS
     assert model["description"] == "three classes"
-    assert model["signature"]["inputs"] == [{"name": "features", "shape": [None, 4], "dtype": "float32"}]
+    assert model["signature"]["inputs"] == [
+        {"name": "features", "shape": [None, 4], "dtype": "float32"}
+    ]
     assert model["signature"]["outputs"][0]["shape"] == [None, 3]
 
     second = upload_model(api, "tiny", model_files["tiny"])
@@ -60,12 +64,22 @@ def zip_bytes(files: dict[str, bytes]) -> bytes:
         (pickle.dumps({"weights": [1, 2]}), "file", "pickled files are refused"),
         (b"just some text", "file", "unsupported file"),
         (b"PK\x03\x04 not really a zip", "file", "unsupported file"),
-        (zip_bytes({"notes.txt": b"hello"}), "file", "neither a Keras 3 .keras file nor a zipped SavedModel"),
-        (zip_bytes({"config.json": b"{}", "model.weights.h5": b"junk"}), "file", "not a loadable Keras 3 model"),
+        (
+            zip_bytes({"notes.txt": b"hello"}),
+            "file",
+            "neither a Keras 3 .keras file nor a zipped SavedModel",
+        ),
+        (
+            zip_bytes({"config.json": b"{}", "model.weights.h5": b"junk"}),
+            "file",
+            "not a loadable Keras 3 model",
+        ),
         (zip_bytes({"../evil/saved_model.pb": b"x"}), "file", "paths outside its own folder"),
     ],
 )
-def test_bad_model_file_is_422_and_nothing_is_stored(api, db, model_files, tmp_path, upload, field, message):
+def test_bad_model_file_is_422_and_nothing_is_stored(
+    api, db, model_files, tmp_path, upload, field, message
+):
     if isinstance(upload, bytes):
         path = tmp_path / "upload.bin"
         path.write_bytes(upload)
@@ -82,7 +96,10 @@ def test_bad_model_file_is_422_and_nothing_is_stored(api, db, model_files, tmp_p
 def test_labels_must_match_the_output(api, db, model_files):
     response = upload_model(api, "tiny", model_files["tiny"], labels=["only", "two"])
     assert response.status_code == 422
-    assert "2 labels, but the model's output has shape [None, 3]" in response.json()["_issues"]["labels"]
+    assert (
+        "2 labels, but the model's output has shape [None, 3]"
+        in response.json()["_issues"]["labels"]
+    )
     assert db["fs.files"].count_documents({}) == 0
 
 
@@ -118,7 +135,9 @@ def test_too_large_file_is_422(start_server, db, model_files):
 
 def test_model_with_queued_jobs_cannot_be_deleted(queue_api, queue_db, queue_demo_models):
     iris = queue_api.get("/models", params={"where": '{"name": "iris"}'}).json()["_items"][0]
-    assert queue_api.post("/jobs", json={"model": "iris", "inputs": [[1, 2, 3, 4]]}).status_code == 201
+    assert (
+        queue_api.post("/jobs", json={"model": "iris", "inputs": [[1, 2, 3, 4]]}).status_code == 201
+    )
     response = queue_api.delete(f"/models/{iris['_id']}", headers={"If-Match": iris["_etag"]})
     assert response.status_code == 409
     assert "queued or running jobs" in response.json()["_error"]["message"]

@@ -43,7 +43,7 @@ def alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read()
@@ -65,6 +65,7 @@ def serve(tmp_path):
         **os.environ,
         "SIBYL_PORT": str(port),
         "SIBYL_DB_PATH": str(tmp_path / "db"),
+        "SIBYL_MODEL_CACHE_DIR": str(tmp_path / "models"),
         "SIBYL_WEB_WORKERS": "1",
     }
     env.pop("MONGO_URI", None)
@@ -90,12 +91,23 @@ def serve(tmp_path):
             process.wait()
 
 
-def test_serve_stops_cleanly_and_keeps_data(serve):
+def test_serve_trains_demo_models_stops_cleanly_and_keeps_data(serve):
     process, url = serve()
     family = descendants(process.pid)
     assert len(family) >= 2  # the database and at least one API worker
-    job = requests.post(url + "/v1/jobs", json={"model": "iris", "inputs": [[1.0]]}, timeout=10)
+    # The README's first example, against gunicorn and the embedded database.
+    job = requests.post(
+        url + "/v1/jobs?wait=30",
+        json={"model": "iris", "inputs": [[5.1, 3.5, 1.4, 0.2]]},
+        timeout=40,
+    )
     assert job.status_code == 201
+    assert job.json()["status"] == "succeeded"
+    assert job.json()["predictions"][0]["label"] == "setosa"
+    digits = requests.post(
+        url + "/v1/jobs?wait=30", json={"model": "digits", "inputs": [[[0] * 8] * 8]}, timeout=40
+    )
+    assert digits.json()["status"] == "succeeded"
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
@@ -106,7 +118,9 @@ def test_serve_stops_cleanly_and_keeps_data(serve):
     assert [pid for pid in family if alive(pid)] == []
 
     process, url = serve()
-    jobs = requests.get(url + "/v1/jobs", timeout=10).json()["_items"]
-    assert [j["_id"] for j in jobs] == [job.json()["_id"]]
+    jobs = requests.get(url + "/v1/jobs", params={"sort": "_created"}, timeout=10).json()["_items"]
+    assert [j["_id"] for j in jobs] == [job.json()["_id"], digits.json()["_id"]]
+    models = requests.get(url + "/v1/models", timeout=10).json()["_items"]
+    assert sorted(m["name"] for m in models) == ["digits", "iris"]  # not trained twice
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0

@@ -1,0 +1,113 @@
+"""Workers mode: `run.py worker` processes drain the queue and outlive a killed worker."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from bson import ObjectId
+from conftest import QUEUE_DB_NAME
+
+ROOT = Path(__file__).resolve().parent.parent
+SETOSA = [5.1, 3.5, 1.4, 0.2]
+
+
+@pytest.fixture
+def start_worker(database, tmp_path):
+    """Start `run.py worker` processes on the queueing app's database."""
+    processes = []
+
+    def start(**settings) -> subprocess.Popen:
+        env = {
+            **os.environ,
+            "MONGO_URI": database.uri,
+            "SIBYL_DB_NAME": QUEUE_DB_NAME,
+            "SIBYL_MODEL_CACHE_DIR": str(tmp_path / "models"),
+            "SIBYL_POLL_MS": "200",
+            **{f"SIBYL_{key.upper()}": str(value) for key, value in settings.items()},
+        }
+        process = subprocess.Popen(
+            [sys.executable, "run.py", "worker"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_workers_drain_the_queue(queue_api, queue_db, queue_demo_models, start_worker):
+    created = [
+        queue_api.post("/jobs", json={"model": "iris", "inputs": [SETOSA] * (i + 1)}).json()
+        for i in range(10)
+    ]
+    created.append(
+        queue_api.post("/jobs", json={"model": "digits", "inputs": [[[0] * 8] * 8]}).json()
+    )
+    assert queue_db.jobs.count_documents({"status": "queued"}) == 11  # the API only queues
+
+    workers = [start_worker(), start_worker()]
+    for item in created:
+        job = queue_api.get(f"/jobs/{item['_id']}?wait=60").json()
+        assert job["status"] == "succeeded", job
+    assert queue_db.predictions.count_documents({}) == sum(range(1, 11)) + 1
+
+    # Woken by the change stream, not a slow poll: a new job is picked up at once.
+    response = queue_api.post("/jobs?wait=20", json={"model": "iris", "inputs": [SETOSA]})
+    assert response.json()["status"] == "succeeded"
+    assert response.json()["predictions"][0]["label"] == "setosa"
+
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+    assert [worker.wait(timeout=20) for worker in workers] == [0, 0]
+
+
+def test_killed_worker_is_replaced_after_its_lease(
+    queue_api, queue_db, queue_demo_models, start_worker
+):
+    count = 6000
+    created = queue_api.post("/jobs", json={"model": "iris", "inputs": [SETOSA] * count}).json()
+    job_id = created["_id"]
+
+    first = start_worker(lease_seconds=2, max_batch_size=10)
+    # Kill it mid-job: some predictions stored, not all.
+    wait_for(
+        lambda: (
+            0 < queue_db.jobs.find_one({"_id": ObjectId(job_id)})["progress"]["done"] < count // 2
+        ),
+        120,
+        "the first worker to make progress",
+    )
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    stored_by_first = queue_db.predictions.count_documents({"job": ObjectId(job_id)})
+    assert 0 < stored_by_first < count
+
+    start_worker(lease_seconds=2, max_batch_size=500)
+    job = queue_api.get(f"/jobs/{job_id}?wait=30").json()
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 2  # claimed again once the dead worker's lease ran out
+    indexes = [
+        p["index"] for p in queue_db.predictions.find({"job": ObjectId(job_id)}, {"index": 1})
+    ]
+    assert sorted(indexes) == list(range(count))  # exactly one prediction per instance
