@@ -112,8 +112,8 @@ class JobQueue:
         if not jobs:
             return set()
         now = utcnow()
-        operations = [
-            UpdateOne(
+        updates = [
+            (
                 {"_id": job_id, "lease.token": token},
                 {
                     "$set": {
@@ -129,7 +129,11 @@ class JobQueue:
             )
             for job_id, token, count in jobs
         ]
-        result = self.db.jobs.bulk_write(operations, ordered=False)
+        if len(updates) == 1:
+            result = self.db.jobs.update_one(*updates[0])
+        else:
+            operations = [UpdateOne(query, change) for query, change in updates]
+            result = self.db.jobs.bulk_write(operations, ordered=False)
         if result.matched_count == len(jobs):
             return {job_id for job_id, _, _ in jobs}
         # Some lease was lost: only report the jobs that really finished here.
