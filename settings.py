@@ -101,6 +101,9 @@ LEASE_SECONDS = _int("SIBYL_LEASE_SECONDS", 30)
 MAX_ATTEMPTS = _int("SIBYL_MAX_ATTEMPTS", 3)
 # How often idle dispatchers and workers look for left-behind or expired jobs.
 POLL_SECONDS = float(_int("SIBYL_POLL_MS", 1000)) / 1000
+# How long a process may reuse "the newest version of <name>" before asking
+# MongoDB again (an upload is seen at once by the process that received it).
+MODEL_LOOKUP_TTL_S = float(_int("SIBYL_MODEL_LOOKUP_TTL_MS", 1000)) / 1000
 # Longest ?wait= a request may hold a connection for.
 MAX_REQUEST_WAIT_S = _int("SIBYL_MAX_REQUEST_WAIT_S", 30)
 # Loaded models kept per process (least recently used dropped first), and where

@@ -19,4 +19,6 @@ def register(app: Eve) -> None:
     app.on_deleted_item_jobs += jobs.on_deleted_item_jobs
 
     app.on_insert_models += models.on_insert_models
+    app.on_inserted_models += models.on_inserted_models
     app.on_delete_item_models += models.on_delete_item_models
+    app.on_deleted_item_models += models.on_deleted_item_models

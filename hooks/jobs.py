@@ -40,7 +40,7 @@ def on_pre_POST_jobs(request: Request) -> None:
 
 def on_insert_jobs(items: list[dict]) -> None:
     """Resolve each job's model and check its inputs; a bad job is a 422, nothing stored."""
-    db = sibyl().db
+    lookup = sibyl().models
     max_instances = current_app.config["MAX_INSTANCES_PER_JOB"]
     models: dict[str, dict] = {}
     issues = []
@@ -50,7 +50,7 @@ def on_insert_jobs(items: list[dict]) -> None:
         reference = job["model"]
         try:
             if reference not in models:
-                models[reference] = model_store.resolve(db, reference)
+                models[reference] = lookup.resolve(reference)
             model = models[reference]
             arrays, count = check_inputs(job["inputs"], model["signature"]["inputs"], max_instances)
         except model_store.UnknownModel as error:

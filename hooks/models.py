@@ -22,6 +22,16 @@ def on_insert_models(items: list[dict]) -> None:
         model.setdefault("description", "")
 
 
+def on_inserted_models(items: list[dict]) -> None:
+    """New versions are visible to this process's jobs at once."""
+    sibyl().models.forget()
+
+
+def on_deleted_item_models(item: dict) -> None:
+    """A deleted version is no longer offered to this process's jobs."""
+    sibyl().models.forget()
+
+
 def on_delete_item_models(item: dict) -> None:
     """Refuse to delete a model that queued or running jobs still need."""
     busy = sibyl().db.jobs.find_one(

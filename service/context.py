@@ -8,6 +8,7 @@ from flask import current_app
 from pymongo.database import Database
 
 from service.completions import Completions
+from service.model_store import ModelLookup
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ class Sibyl:
         with app.app_context():
             self.db: Database = app.data.driver.db
         self.completions = Completions()
+        self.models = ModelLookup(self.db, app.config["MODEL_LOOKUP_TTL_S"])
         self._dispatcher = None
         self._lock = threading.Lock()
 

@@ -6,6 +6,8 @@ by the engine (fetching a model's file to load it) and by the demo models.
 
 import shutil
 import tempfile
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,6 +42,39 @@ def resolve(db: Database, reference: str) -> dict:
     if model is None:
         raise UnknownModel(f"no ready model {reference!r}; see GET /v1/models")
     return model
+
+
+class ModelLookup:
+    """resolve() with a short memory, to spare a query on every job.
+
+    Model documents never change once stored, but "the newest version of iris"
+    may be up to ttl_s old in processes other than the one that uploaded it.
+    """
+
+    MAX_ENTRIES = 1000
+
+    def __init__(self, db: Database, ttl_s: float):
+        self.db = db
+        self.ttl_s = ttl_s
+        self._seen: dict[str, tuple[float, dict]] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, reference: str) -> dict:
+        now = time.monotonic()
+        hit = self._seen.get(reference)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        model = resolve(self.db, reference)
+        with self._lock:
+            if len(self._seen) >= self.MAX_ENTRIES:
+                self._seen.clear()
+            self._seen[reference] = (now, model)
+        return model
+
+    def forget(self) -> None:
+        """A model was added or deleted here: look everything up afresh."""
+        with self._lock:
+            self._seen.clear()
 
 
 def next_version(db: Database, name: str) -> int:

@@ -1,0 +1,101 @@
+"""The in-process limit: the model through a compiled tf.function, and insert_many,
+with no HTTP, no Eve and no job bookkeeping."""
+
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+from bson import ObjectId
+from pymongo.database import Database
+
+
+def best_rate(run, items_per_call: int, min_seconds: float) -> float:
+    """Items per second of run(), over repeated calls for at least min_seconds."""
+    run()  # warm
+    calls, began = 0, time.perf_counter()
+    while time.perf_counter() - began < min_seconds:
+        run()
+        calls += 1
+    return calls * items_per_call / (time.perf_counter() - began)
+
+
+def seconds_per_call(run, calls: int) -> float:
+    run()
+    began = time.perf_counter()
+    for _ in range(calls):
+        run()
+    return (time.perf_counter() - began) / calls
+
+
+def model_rates(model_path: str, batch_sizes: list[int], min_seconds: float) -> dict:
+    """Rows/s of the engine's compiled model at each batch size, and its per-call overhead."""
+    import tensorflow as tf
+
+    from service.runtime import CompiledModel
+
+    model = CompiledModel(model_path, "keras")
+    rates = {}
+    for size in batch_sizes:
+        batch = model.sample_batch(size)
+        rates[size] = best_rate(lambda b=batch: model.predict(b), size, min_seconds)
+
+    # A bare compiled call of the same Keras model, for the overhead of the engine's wrapper.
+    keras_model = model._model
+    spec = model.inputs[0]
+    bare = tf.function(
+        lambda x: keras_model(x, training=False),
+        input_signature=[tf.TensorSpec([None, *spec["shape"][1:]], spec["dtype"])],
+    )
+    one = model.sample_batch(1)[spec["name"]]
+    calls = max(200, int(min_seconds * 2000))
+    bare_s = seconds_per_call(lambda: bare(one), calls)
+    engine_s = seconds_per_call(lambda: model.predict({spec["name"]: one}), calls)
+    return {
+        "rows_per_s": {str(k): round(v) for k, v in rates.items()},
+        "bare_call_ms": round(bare_s * 1000, 4),
+        "engine_call_ms": round(engine_s * 1000, 4),
+    }
+
+
+def prediction_documents(count: int, width: int, labels: list[str]) -> list[dict]:
+    """Documents shaped like the engine's, for insert_many."""
+    now = datetime.now(UTC)
+    job, batch = ObjectId(), {"id": ObjectId(), "size": count}
+    rng = np.random.default_rng(0)
+    outputs = rng.random((count, width)).tolist()
+    return [
+        {
+            "job": job,
+            "model": "iris",
+            "model_version": 1,
+            "index": i,
+            "output": outputs[i],
+            "label": labels[i % len(labels)],
+            "score": max(outputs[i]),
+            "tags": {},
+            "owner": None,
+            "batch": batch,
+            "_created": now,
+            "_updated": now,
+        }
+        for i in range(count)
+    ]
+
+
+def insert_rate(db: Database, batch_size: int, batches: int) -> float:
+    """Prediction documents per second through insert_many, into an indexed collection
+    like the predictions one."""
+    scratch = db["bench_insert_limit"]
+    scratch.drop()
+    scratch.create_index([("job", 1), ("index", 1)], unique=True)
+    scratch.create_index([("model", 1), ("_created", -1)])
+    scratch.create_index([("label", 1)])
+    scratch.create_index([("score", -1)])
+    scratch.create_index([("_created", -1)])
+    batches_of_docs = [prediction_documents(batch_size, 3, ["a", "b", "c"]) for _ in range(batches)]
+    began = time.perf_counter()
+    for documents in batches_of_docs:
+        scratch.insert_many(documents, ordered=False)
+    rate = batch_size * batches / (time.perf_counter() - began)
+    scratch.drop()
+    return rate

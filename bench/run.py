@@ -1,0 +1,280 @@
+"""`make bench`: Sibyl against the naive Flask app and the in-process limit, in one run.
+
+    python -m bench.run [--quick]
+
+Every figure is reported next to its baseline from the same run, as a ratio.
+Results go to bench/results/<timestamp>.json and a markdown table on stdout.
+--quick runs every part at a tiny size (make test does, to keep this working).
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pymongo
+import requests
+from bson import json_util
+
+from bench import limits
+from bench.loadgen import run_load
+from bench.servers import ROOT, start_naive, start_sibyl
+from service.demo_models import load_digits, load_iris
+
+RESULTS = ROOT / "bench" / "results"
+
+FULL = {
+    "concurrency": [1, 8, 32],
+    "max_requests": 3000,
+    "max_seconds": 12.0,
+    "bulk_instances": 10_000,
+    "analyst_sizes": [1_000, 100_000],
+    "analyst_requests": 200,
+    "limit_seconds": 2.0,
+}
+QUICK = {
+    "concurrency": [1, 4],
+    "max_requests": 20,
+    "max_seconds": 5.0,
+    "bulk_instances": 300,
+    "analyst_sizes": [100, 1_000],
+    "analyst_requests": 10,
+    "limit_seconds": 0.2,
+}
+
+
+def sample_inputs() -> dict[str, list]:
+    features, _ = load_iris()
+    images, _ = load_digits()
+    return {"iris": features.tolist(), "digits": images[:200].tolist()}
+
+
+def succeeded(status: int, body: bytes) -> bool:
+    return status == 201 and b'"status": "succeeded"' in body
+
+
+def end_to_end(sibyl_url: str, naive_url: str, sizes: dict) -> list[dict]:
+    """Single-instance jobs at each concurrency, Sibyl (?wait) and naive (predict)."""
+    inputs = sample_inputs()
+    rows = []
+    for model, instances in inputs.items():
+        for concurrency in sizes["concurrency"]:
+
+            def body(i, model=model, instances=instances):
+                return {"model": model, "inputs": [instances[i % len(instances)]]}
+
+            bounds = dict(
+                concurrency=concurrency,
+                max_requests=sizes["max_requests"],
+                max_seconds=sizes["max_seconds"],
+            )
+            naive = run_load(naive_url + "/predict", body, **bounds)
+            sibyl = run_load(sibyl_url + "/v1/jobs?wait=30", body, is_success=succeeded, **bounds)
+            rows.append(
+                {
+                    "model": model,
+                    "concurrency": concurrency,
+                    "naive": naive.summary(),
+                    "sibyl": sibyl.summary(),
+                    "throughput_ratio": round(sibyl.throughput / naive.throughput, 2),
+                    "p50_ratio": round(sibyl.percentile(0.5) / naive.percentile(0.5), 3),
+                }
+            )
+            print(f"  {model} c={concurrency}: {rows[-1]['throughput_ratio']}x jobs/s", flush=True)
+    return rows
+
+
+def bulk_job(sibyl_url: str, instances: int, limit: dict) -> dict:
+    """One job of many iris instances, POST to the last prediction stored."""
+    features = load_iris()[0].tolist()
+    inputs = [features[i % len(features)] for i in range(instances)]
+    began = time.perf_counter()
+    created = requests.post(sibyl_url + "/v1/jobs", json={"model": "iris", "inputs": inputs}, timeout=60)
+    created.raise_for_status()
+    job_id = created.json()["_id"]
+    while True:
+        job = requests.get(f"{sibyl_url}/v1/jobs/{job_id}?wait=30", timeout=40).json()
+        if job["status"] in ("succeeded", "failed"):
+            break
+    seconds = time.perf_counter() - began
+    assert job["status"] == "succeeded", job
+    limit_seconds = instances / limit["rows_per_s"] + instances / limit["docs_per_s"]
+    return {
+        "instances": instances,
+        "seconds": round(seconds, 3),
+        "limit_seconds": round(limit_seconds, 3),
+        "fraction_of_limit": round(limit_seconds / seconds, 3),
+    }
+
+
+def seed_predictions(db, target: int) -> None:
+    """Bring the predictions collection to target documents (engine-shaped)."""
+    missing = target - db.predictions.estimated_document_count()
+    labels = ["setosa", "versicolor", "virginica"]
+    while missing > 0:
+        chunk = min(missing, 5000)
+        db.predictions.insert_many(limits.prediction_documents(chunk, 3, labels), ordered=False)
+        missing -= chunk
+
+
+def analyst_queries(sibyl_url: str, db, sizes: dict) -> list[dict]:
+    """A filtered page of 25 through the API, against the same page through PyMongo."""
+    where = {"label": "virginica"}
+    rows = []
+    session = requests.Session()
+    for size in sizes["analyst_sizes"]:
+        seed_predictions(db, size)
+        api_ms, raw_ms = [], []
+        for _ in range(sizes["analyst_requests"]):
+            began = time.perf_counter()
+            response = session.get(
+                sibyl_url + "/v1/predictions", params={"where": json.dumps(where), "max_results": 25}
+            )
+            api_ms.append((time.perf_counter() - began) * 1000)
+            assert response.status_code == 200 and len(response.json()["_items"]) == 25
+
+            began = time.perf_counter()
+            page = list(db.predictions.find(where).limit(25))
+            json_util.dumps({"_items": page})
+            raw_ms.append((time.perf_counter() - began) * 1000)
+        rows.append(
+            {
+                "predictions": size,
+                "api_p50_ms": round(statistics.median(api_ms), 2),
+                "pymongo_p50_ms": round(statistics.median(raw_ms), 2),
+                "ratio": round(statistics.median(api_ms) / statistics.median(raw_ms), 2),
+            }
+        )
+    return rows
+
+
+def download_models(sibyl_url: str, folder: Path) -> dict[str, Path]:
+    """Sibyl's demo model files, for the naive app and the in-process limit."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for model in requests.get(sibyl_url + "/v1/models", timeout=10).json()["_items"]:
+        path = folder / f"{model['name']}.keras"
+        path.write_bytes(requests.get(sibyl_url + model["file"]["file"], timeout=30).content)
+        paths[model["name"]] = path
+    return paths
+
+
+def markdown(results: dict) -> str:
+    lines = ["## End-to-end single-instance jobs (Sibyl stores every job and prediction; naive stores nothing)", ""]
+    lines += ["| model | clients | naive jobs/s | Sibyl jobs/s | ratio | naive p50 ms | Sibyl p50 ms | p50 ratio | naive p99 ms | Sibyl p99 ms |"]
+    lines += ["|---|---|---|---|---|---|---|---|---|---|"]
+    for row in results["end_to_end"]:
+        n, s = row["naive"], row["sibyl"]
+        lines.append(
+            f"| {row['model']} | {row['concurrency']} | {n['throughput_per_s']} | {s['throughput_per_s']} "
+            f"| **{row['throughput_ratio']}×** | {n['p50_ms']} | {s['p50_ms']} | **{row['p50_ratio']}×** "
+            f"| {n['p99_ms']} | {s['p99_ms']} |"
+        )
+    bulk = results["bulk"]
+    limit = results["limit"]
+    lines += ["", "## Bulk job and the in-process limit", ""]
+    lines += ["| measure | value |", "|---|---|"]
+    lines.append(f"| bulk job of {bulk['instances']} iris instances, POST to last prediction | {bulk['seconds']} s |")
+    lines.append(f"| in-process limit for it (model + insert_many) | {bulk['limit_seconds']} s |")
+    lines.append(f"| bulk job as a fraction of the limit | **{bulk['fraction_of_limit']:.0%}** |")
+    for name, rates in limit["models"].items():
+        per_size = ", ".join(f"{k}: {v}" for k, v in rates["rows_per_s"].items())
+        lines.append(f"| {name} compiled rows/s by batch size | {per_size} |")
+        ratio = rates["engine_call_ms"] / rates["bare_call_ms"]
+        lines.append(
+            f"| {name} engine call at batch 1 vs bare compiled call | {rates['engine_call_ms']} ms vs "
+            f"{rates['bare_call_ms']} ms: **{ratio:.2f}×** |"
+        )
+    lines.append(f"| insert_many of prediction documents | {limit['docs_per_s']} docs/s |")
+    lines += ["", "## Analyst page: GET /v1/predictions?where={label}&max_results=25", ""]
+    lines += ["| stored predictions | API p50 ms | PyMongo find + JSON p50 ms | ratio |", "|---|---|---|---|"]
+    for row in results["analyst"]:
+        lines.append(f"| {row['predictions']} | {row['api_p50_ms']} | {row['pymongo_p50_ms']} | **{row['ratio']}×** |")
+    first, last = results["analyst"][0], results["analyst"][-1]
+    lines.append(
+        f"\n{last['predictions']} vs {first['predictions']} stored: API p50 "
+        f"**{last['api_p50_ms'] / first['api_p50_ms']:.2f}×**"
+    )
+    machine = results["machine"]
+    lines.append(f"\nMachine: {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the harness")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    workdir = Path(tempfile.mkdtemp(prefix="sibyl-bench-"))
+    started = time.perf_counter()
+    servers = []
+    try:
+        print("starting Sibyl (embedded database, gunicorn, demo models)...", flush=True)
+        sibyl = start_sibyl(workdir)
+        servers.append(sibyl)
+        sibyl.wait_until_healthy()
+        # Warm: the first job of each model loads it.
+        for model, instances in sample_inputs().items():
+            requests.post(sibyl.url + "/v1/jobs?wait=30", json={"model": model, "inputs": instances[:1]}, timeout=40)
+        import settings
+
+        model_paths = download_models(sibyl.url, workdir / "naive_models")
+        print("starting the naive Flask app...", flush=True)
+        naive = start_naive(workdir / "naive_models", workdir, settings.WEB_WORKERS, settings.WEB_THREADS)
+        servers.append(naive)
+        naive.wait_until_healthy()
+
+        print("end-to-end load...", flush=True)
+        results: dict = {"end_to_end": end_to_end(sibyl.url, naive.url, sizes)}
+        naive.stop()
+
+        print("in-process limit...", flush=True)
+        client = pymongo.MongoClient((workdir / "db" / "uri").read_text(), tz_aware=True)
+        db = client[settings.MONGO_DBNAME]
+        models = {
+            name: limits.model_rates(str(path), [1, 32, settings.MAX_BATCH_SIZE], sizes["limit_seconds"])
+            for name, path in sorted(model_paths.items())
+        }
+        docs_per_s = limits.insert_rate(db, settings.MAX_BATCH_SIZE, 40 if not args.quick else 4)
+        iris_rows_per_s = models["iris"]["rows_per_s"][str(settings.MAX_BATCH_SIZE)]
+        results["limit"] = {"models": models, "docs_per_s": round(docs_per_s)}
+
+        print("bulk job...", flush=True)
+        limit_for_bulk = {"rows_per_s": iris_rows_per_s, "docs_per_s": docs_per_s}
+        results["bulk"] = bulk_job(sibyl.url, sizes["bulk_instances"], limit_for_bulk)
+
+        print("analyst queries...", flush=True)
+        results["analyst"] = analyst_queries(sibyl.url, db, sizes)
+        client.close()
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    results["machine"] = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    results["settings"] = {"quick": args.quick, **sizes}
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = RESULTS / f"{stamp}{'-quick' if args.quick else ''}.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(markdown(results))
+    print(f"\nresults: {out.relative_to(ROOT)} ({results['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Starting and stopping the servers a benchmark measures, by process id."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from service.embedded_db import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Server:
+    """A child process serving HTTP on 127.0.0.1:port."""
+
+    def __init__(self, name: str, command: list[str], env: dict, port: int, health: str, log: Path):
+        self.name = name
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.health = health
+        with open(log, "wb") as output:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT
+            )
+
+    def wait_until_healthy(self, timeout: float = 180) -> "Server":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with code {self.process.returncode}")
+            try:
+                if requests.get(self.url + self.health, timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.25)
+        raise RuntimeError(f"{self.name} did not become healthy in {timeout} s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_sibyl(workdir: Path, extra_env: dict | None = None) -> Server:
+    """Sibyl as `make run` starts it: embedded database, gunicorn, demo models."""
+    port = free_port()
+    env = {
+        "SIBYL_PORT": str(port),
+        "SIBYL_DB_PATH": str(workdir / "db"),
+        "SIBYL_MODEL_CACHE_DIR": str(workdir / "models"),
+        **(extra_env or {}),
+    }
+    env.pop("MONGO_URI", None)
+    command = [sys.executable, "run.py", "serve"]
+    return Server("sibyl", command, env, port, "/v1/healthz", workdir / "sibyl.log")
+
+
+def start_naive(model_dir: Path, workdir: Path, workers: int, threads: int) -> Server:
+    """The naive Flask app under the same gunicorn settings as Sibyl."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--worker-class",
+        "gthread",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "bench.baselines.naive_flask:create_app()",
+    ]
+    env = {"NAIVE_MODEL_DIR": str(model_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return Server("naive", command, env, port, "/healthz", workdir / "naive.log")
