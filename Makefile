@@ -20,6 +20,10 @@ run: install
 test: install
 	$(PY) -m pytest
 
+# Sibyl against the naive Flask app and the in-process limit (about 10 minutes).
+bench: install
+	$(PY) -m bench.run
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -90,10 +90,11 @@ MULTIPART_FORM_FIELDS_AS_JSON = True
 # workers: the API only queues, `python run.py worker` processes run them.
 INFERENCE = _choice("SIBYL_INFERENCE", "in-process", ("in-process", "workers"))
 # Dynamic batching: instances of concurrent jobs for one model version share a
-# model call of at most MAX_BATCH_SIZE rows; the dispatcher waits at most
-# MAX_WAIT_MS after the first job for others to join.
+# model call of at most MAX_BATCH_SIZE rows. Jobs arriving while a batch runs
+# join the next one anyway; MAX_WAIT_MS > 0 also holds a batch back that long
+# for more, trading latency at low load for bigger batches.
 MAX_BATCH_SIZE = _int("SIBYL_MAX_BATCH_SIZE", 256)
-MAX_WAIT_MS = _int("SIBYL_MAX_WAIT_MS", 2)
+MAX_WAIT_MS = _int("SIBYL_MAX_WAIT_MS", 0)
 MAX_INSTANCES_PER_JOB = _int("SIBYL_MAX_INSTANCES_PER_JOB", 10_000)
 # A job whose worker disappears is claimed again once its lease expires; after
 # MAX_ATTEMPTS claims it fails with the last error.

@@ -71,7 +71,10 @@ def run_load(
         start_gate.wait()
         while True:
             with lock:
-                if result.requests + result.errors >= max_requests or time.perf_counter() > deadline[0]:
+                if (
+                    result.requests + result.errors >= max_requests
+                    or time.perf_counter() > deadline[0]
+                ):
                     break
                 number = next(counter)
             began = time.perf_counter()

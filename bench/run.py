@@ -38,6 +38,7 @@ FULL = {
     "bulk_instances": 10_000,
     "analyst_sizes": [1_000, 100_000],
     "analyst_requests": 200,
+    "analyst_seconds": 60.0,
     "limit_seconds": 2.0,
 }
 QUICK = {
@@ -47,6 +48,7 @@ QUICK = {
     "bulk_instances": 300,
     "analyst_sizes": [100, 1_000],
     "analyst_requests": 10,
+    "analyst_seconds": 5.0,
     "limit_seconds": 0.2,
 }
 
@@ -61,7 +63,19 @@ def succeeded(status: int, body: bytes) -> bool:
     return status == 201 and b'"status": "succeeded"' in body
 
 
-def end_to_end(sibyl_url: str, naive_url: str, sizes: dict) -> list[dict]:
+def measured(server, path: str, body, bounds: dict, **options) -> tuple:
+    """Load a server and return the result with the CPU ms per request of its processes."""
+    before = server.cpu_by_role()
+    result = run_load(server.url + path, body, **bounds, **options)
+    after = server.cpu_by_role()
+    per_request = {
+        role: round((after[role] - before[role]) * 1000 / max(result.requests, 1), 2)
+        for role in after
+    }
+    return result, per_request
+
+
+def end_to_end(sibyl, naive, sizes: dict) -> list[dict]:
     """Single-instance jobs at each concurrency, Sibyl (?wait) and naive (predict)."""
     inputs = sample_inputs()
     rows = []
@@ -76,16 +90,19 @@ def end_to_end(sibyl_url: str, naive_url: str, sizes: dict) -> list[dict]:
                 max_requests=sizes["max_requests"],
                 max_seconds=sizes["max_seconds"],
             )
-            naive = run_load(naive_url + "/predict", body, **bounds)
-            sibyl = run_load(sibyl_url + "/v1/jobs?wait=30", body, is_success=succeeded, **bounds)
+            baseline, baseline_cpu = measured(naive, "/predict", body, bounds)
+            ours, our_cpu = measured(sibyl, "/v1/jobs?wait=30", body, bounds, is_success=succeeded)
             rows.append(
                 {
                     "model": model,
                     "concurrency": concurrency,
-                    "naive": naive.summary(),
-                    "sibyl": sibyl.summary(),
-                    "throughput_ratio": round(sibyl.throughput / naive.throughput, 2),
-                    "p50_ratio": round(sibyl.percentile(0.5) / naive.percentile(0.5), 3),
+                    "naive": {**baseline.summary(), "cpu_ms_per_request": baseline_cpu["app"]},
+                    "sibyl": {
+                        **ours.summary(),
+                        "cpu_ms_per_job": {"api": our_cpu["app"], "database": our_cpu["db"]},
+                    },
+                    "throughput_ratio": round(ours.throughput / baseline.throughput, 2),
+                    "p50_ratio": round(ours.percentile(0.5) / baseline.percentile(0.5), 3),
                 }
             )
             print(f"  {model} c={concurrency}: {rows[-1]['throughput_ratio']}x jobs/s", flush=True)
@@ -97,7 +114,9 @@ def bulk_job(sibyl_url: str, instances: int, limit: dict) -> dict:
     features = load_iris()[0].tolist()
     inputs = [features[i % len(features)] for i in range(instances)]
     began = time.perf_counter()
-    created = requests.post(sibyl_url + "/v1/jobs", json={"model": "iris", "inputs": inputs}, timeout=60)
+    created = requests.post(
+        sibyl_url + "/v1/jobs", json={"model": "iris", "inputs": inputs}, timeout=60
+    )
     created.raise_for_status()
     job_id = created.json()["_id"]
     while True:
@@ -133,10 +152,14 @@ def analyst_queries(sibyl_url: str, db, sizes: dict) -> list[dict]:
     for size in sizes["analyst_sizes"]:
         seed_predictions(db, size)
         api_ms, raw_ms = [], []
-        for _ in range(sizes["analyst_requests"]):
+        deadline = time.perf_counter() + sizes["analyst_seconds"]
+        while len(api_ms) < sizes["analyst_requests"] and (
+            len(api_ms) < 3 or time.perf_counter() < deadline
+        ):
             began = time.perf_counter()
             response = session.get(
-                sibyl_url + "/v1/predictions", params={"where": json.dumps(where), "max_results": 25}
+                sibyl_url + "/v1/predictions",
+                params={"where": json.dumps(where), "max_results": 25},
             )
             api_ms.append((time.perf_counter() - began) * 1000)
             assert response.status_code == 200 and len(response.json()["_items"]) == 25
@@ -151,6 +174,7 @@ def analyst_queries(sibyl_url: str, db, sizes: dict) -> list[dict]:
                 "api_p50_ms": round(statistics.median(api_ms), 2),
                 "pymongo_p50_ms": round(statistics.median(raw_ms), 2),
                 "ratio": round(statistics.median(api_ms) / statistics.median(raw_ms), 2),
+                "requests": len(api_ms),
             }
         )
     return rows
@@ -168,21 +192,29 @@ def download_models(sibyl_url: str, folder: Path) -> dict[str, Path]:
 
 
 def markdown(results: dict) -> str:
-    lines = ["## End-to-end single-instance jobs (Sibyl stores every job and prediction; naive stores nothing)", ""]
-    lines += ["| model | clients | naive jobs/s | Sibyl jobs/s | ratio | naive p50 ms | Sibyl p50 ms | p50 ratio | naive p99 ms | Sibyl p99 ms |"]
-    lines += ["|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## End-to-end single-instance jobs (Sibyl stores every job and prediction; naive stores nothing)",
+        "",
+    ]
+    lines += [
+        "| model | clients | naive jobs/s | Sibyl jobs/s | ratio | naive p50 ms | Sibyl p50 ms | p50 ratio | naive p99 ms | Sibyl p99 ms | CPU ms per job: naive · Sibyl API · Sibyl DB |"
+    ]
+    lines += ["|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["end_to_end"]:
         n, s = row["naive"], row["sibyl"]
         lines.append(
             f"| {row['model']} | {row['concurrency']} | {n['throughput_per_s']} | {s['throughput_per_s']} "
             f"| **{row['throughput_ratio']}×** | {n['p50_ms']} | {s['p50_ms']} | **{row['p50_ratio']}×** "
-            f"| {n['p99_ms']} | {s['p99_ms']} |"
+            f"| {n['p99_ms']} | {s['p99_ms']} "
+            f"| {n['cpu_ms_per_request']} · {s['cpu_ms_per_job']['api']} · {s['cpu_ms_per_job']['database']} |"
         )
     bulk = results["bulk"]
     limit = results["limit"]
     lines += ["", "## Bulk job and the in-process limit", ""]
     lines += ["| measure | value |", "|---|---|"]
-    lines.append(f"| bulk job of {bulk['instances']} iris instances, POST to last prediction | {bulk['seconds']} s |")
+    lines.append(
+        f"| bulk job of {bulk['instances']} iris instances, POST to last prediction | {bulk['seconds']} s |"
+    )
     lines.append(f"| in-process limit for it (model + insert_many) | {bulk['limit_seconds']} s |")
     lines.append(f"| bulk job as a fraction of the limit | **{bulk['fraction_of_limit']:.0%}** |")
     for name, rates in limit["models"].items():
@@ -195,22 +227,30 @@ def markdown(results: dict) -> str:
         )
     lines.append(f"| insert_many of prediction documents | {limit['docs_per_s']} docs/s |")
     lines += ["", "## Analyst page: GET /v1/predictions?where={label}&max_results=25", ""]
-    lines += ["| stored predictions | API p50 ms | PyMongo find + JSON p50 ms | ratio |", "|---|---|---|---|"]
+    lines += [
+        "| stored predictions | API p50 ms | PyMongo find + JSON p50 ms | ratio |",
+        "|---|---|---|---|",
+    ]
     for row in results["analyst"]:
-        lines.append(f"| {row['predictions']} | {row['api_p50_ms']} | {row['pymongo_p50_ms']} | **{row['ratio']}×** |")
+        lines.append(
+            f"| {row['predictions']} | {row['api_p50_ms']} | {row['pymongo_p50_ms']} | **{row['ratio']}×** |"
+        )
     first, last = results["analyst"][0], results["analyst"][-1]
     lines.append(
         f"\n{last['predictions']} vs {first['predictions']} stored: API p50 "
         f"**{last['api_p50_ms'] / first['api_p50_ms']:.2f}×**"
     )
     machine = results["machine"]
-    lines.append(f"\nMachine: {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}.")
+    lines.append(
+        f"\nMachine: {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}."
+    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the harness")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON results")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     workdir = Path(tempfile.mkdtemp(prefix="sibyl-bench-"))
@@ -223,24 +263,32 @@ def main(argv: list[str] | None = None) -> int:
         sibyl.wait_until_healthy()
         # Warm: the first job of each model loads it.
         for model, instances in sample_inputs().items():
-            requests.post(sibyl.url + "/v1/jobs?wait=30", json={"model": model, "inputs": instances[:1]}, timeout=40)
+            requests.post(
+                sibyl.url + "/v1/jobs?wait=30",
+                json={"model": model, "inputs": instances[:1]},
+                timeout=40,
+            )
         import settings
 
         model_paths = download_models(sibyl.url, workdir / "naive_models")
         print("starting the naive Flask app...", flush=True)
-        naive = start_naive(workdir / "naive_models", workdir, settings.WEB_WORKERS, settings.WEB_THREADS)
+        naive = start_naive(
+            workdir / "naive_models", workdir, settings.WEB_WORKERS, settings.WEB_THREADS
+        )
         servers.append(naive)
         naive.wait_until_healthy()
 
         print("end-to-end load...", flush=True)
-        results: dict = {"end_to_end": end_to_end(sibyl.url, naive.url, sizes)}
+        results: dict = {"end_to_end": end_to_end(sibyl, naive, sizes)}
         naive.stop()
 
         print("in-process limit...", flush=True)
         client = pymongo.MongoClient((workdir / "db" / "uri").read_text(), tz_aware=True)
         db = client[settings.MONGO_DBNAME]
         models = {
-            name: limits.model_rates(str(path), [1, 32, settings.MAX_BATCH_SIZE], sizes["limit_seconds"])
+            name: limits.model_rates(
+                str(path), [1, 32, settings.MAX_BATCH_SIZE], sizes["limit_seconds"]
+            )
             for name, path in sorted(model_paths.items())
         }
         docs_per_s = limits.insert_rate(db, settings.MAX_BATCH_SIZE, 40 if not args.quick else 4)
@@ -267,12 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["settings"] = {"quick": args.quick, **sizes}
     results["seconds"] = round(time.perf_counter() - started, 1)
-    RESULTS.mkdir(exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = RESULTS / f"{stamp}{'-quick' if args.quick else ''}.json"
+    out = args.results / f"{stamp}{'-quick' if args.quick else ''}.json"
     out.write_text(json.dumps(results, indent=2))
     print(markdown(results))
-    print(f"\nresults: {out.relative_to(ROOT)} ({results['seconds']} s)")
+    print(f"\nresults: {out} ({results['seconds']} s)")
     return 0
 
 

@@ -14,6 +14,43 @@ from service.embedded_db import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        tree.append(current)
+        stack.extend(children.get(current, []))
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 class Server:
     """A child process serving HTTP on 127.0.0.1:port."""
 
@@ -24,7 +61,11 @@ class Server:
         self.health = health
         with open(log, "wb") as output:
             self.process = subprocess.Popen(
-                command, cwd=ROOT, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT
+                command,
+                cwd=ROOT,
+                env={**os.environ, **env},
+                stdout=output,
+                stderr=subprocess.STDOUT,
             )
 
     def wait_until_healthy(self, timeout: float = 180) -> "Server":
@@ -39,6 +80,14 @@ class Server:
                 pass
             time.sleep(0.25)
         raise RuntimeError(f"{self.name} did not become healthy in {timeout} s")
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds used so far by the database and by the API (or app) processes."""
+        usage = {"db": 0.0, "app": 0.0}
+        for pid in process_tree(self.process.pid):
+            role = "db" if "secantus" in command_line(pid) else "app"
+            usage[role] += cpu_seconds(pid)
+        return usage
 
     def stop(self) -> None:
         if self.process.poll() is None:

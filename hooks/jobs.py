@@ -8,6 +8,7 @@ from flask import Request, Response, abort, current_app, g, json, request
 from schemas.common import FINISHED_STATUSES
 from service import model_store
 from service.claims import utcnow
+from service.completions import Waiter
 from service.context import sibyl
 from service.dispatch import Handoff
 from service.errors import unprocessable
@@ -40,12 +41,16 @@ def on_pre_POST_jobs(request: Request) -> None:
 
 def on_insert_jobs(items: list[dict]) -> None:
     """Resolve each job's model and check its inputs; a bad job is a 422, nothing stored."""
-    lookup = sibyl().models
+    services = sibyl()
+    lookup = services.models
     max_instances = current_app.config["MAX_INSTANCES_PER_JOB"]
     models: dict[str, dict] = {}
     issues = []
     g.checked_jobs = {}
     now = utcnow()
+    # Run here: stored already leased to this process's dispatcher, so no other
+    # runner takes them and no claim is needed. Otherwise free for workers.
+    lease = services.dispatcher.queue.new_lease() if services.runs_jobs else None
     for position, job in enumerate(items):
         reference = job["model"]
         try:
@@ -62,8 +67,8 @@ def on_insert_jobs(items: list[dict]) -> None:
         job.update(
             model_ref={"_id": model["_id"], "name": model["name"], "version": model["version"]},
             status="queued",
-            attempts=0,
-            lease=None,
+            attempts=1 if lease else 0,
+            lease=lease,
             error=None,
             progress={"done": 0, "total": count},
             queued_at=now,
@@ -86,7 +91,9 @@ def on_inserted_jobs(items: list[dict]) -> None:
     handoffs = []
     for job in items:
         model, arrays, count = g.checked_jobs.pop(id(job))
-        handoffs.append(Handoff(job["_id"], model, arrays, count, job.get("tags") or {}))
+        token = job["lease"]["token"]
+        handoffs.append(Handoff(job["_id"], token, model, arrays, count, job.get("tags") or {}))
+    g.inserted_jobs = {job["_id"]: job for job in items}
     services.dispatcher.submit(handoffs)
 
 
@@ -100,21 +107,31 @@ def on_post_POST_jobs(request: Request, payload: Response) -> None:
     ids = [ObjectId(item["_id"]) for item in items]
     services = sibyl()
     try:
-        finished = services.completions.wait(services.db, ids, seconds)
+        finished = services.completions.wait(services.db, ids, seconds, local=services.runs_jobs)
     finally:
         services.completions.release(ids)
+    inserted = g.get("inserted_jobs", {})
     for position, (job_id, item) in enumerate(zip(ids, items, strict=True)):
         if job_id in finished:
-            shown = finished_job(job_id, finished[job_id].predictions)
+            shown = finished_job(job_id, finished[job_id], inserted.get(job_id))
             items[position] = {**item, **shown}
+            if "_etag" not in shown:
+                del items[position]["_etag"]  # the insert's ETag is stale now
     payload.set_data(JSONRenderer().render(body if "_items" in body else items[0]))
 
 
-def finished_job(job_id: ObjectId, predictions: list[dict]) -> dict:
-    """The job as GET shows it, with its predictions in index order."""
-    document = getitem_internal("jobs", _id=job_id)[0]
+def finished_job(job_id: ObjectId, waiter: Waiter, inserted: dict | None) -> dict:
+    """The finished job, with its predictions in index order."""
+    if waiter.fields is not None and inserted is not None:
+        # Run in this process: the job is what was inserted plus what the engine
+        # wrote, so it needs no read. Its new ETag is Eve's to compute on GET.
+        document = {**inserted, **waiter.fields}
+        document.pop("_etag", None)
+    else:
+        document = getitem_internal("jobs", _id=job_id)[0]
+        document.pop("_links", None)  # the POST answer has the item's own links
     document.pop("inputs", None)  # the client has just sent them
-    document.pop("_links", None)  # the POST answer has the item's own links
+    predictions = waiter.predictions
     if document["status"] == "succeeded" and not predictions:
         predictions = list(sibyl().db.predictions.find({"job": job_id}).sort("index", 1))
     predictions = sorted(predictions, key=lambda p: p["index"])
@@ -133,9 +150,12 @@ def on_pre_GET_jobs(request: Request, lookup: dict) -> None:
     services = sibyl()
     services.completions.expect([job_id])
     try:
-        job = services.db.jobs.find_one({"_id": job_id}, {"status": 1})
-        if job is not None and job["status"] not in FINISHED_STATUSES:
-            services.completions.wait(services.db, [job_id], seconds)
+        job = services.db.jobs.find_one({"_id": job_id}, {"status": 1, "lease.worker": 1})
+        if job is None or job["status"] in FINISHED_STATUSES:
+            return
+        holder = (job.get("lease") or {}).get("worker")
+        local = services.runs_jobs and holder == services.dispatcher.queue.worker_id
+        services.completions.wait(services.db, [job_id], seconds, local=local)
     finally:
         services.completions.release([job_id])
 

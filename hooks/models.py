@@ -35,7 +35,7 @@ def on_deleted_item_models(item: dict) -> None:
 def on_delete_item_models(item: dict) -> None:
     """Refuse to delete a model that queued or running jobs still need."""
     busy = sibyl().db.jobs.find_one(
-        {"model_ref._id": item["_id"], "status": {"$in": ["queued", "running"]}}, {"_id": 1}
+        {"status": {"$in": ["queued", "running"]}, "model_ref._id": item["_id"]}, {"_id": 1}
     )
     if busy is not None:
         abort(409, description="the model has queued or running jobs: delete it once they finish")

@@ -43,12 +43,12 @@ JOBS = {
     },
     "mongo_indexes": {
         # The dispatcher's and the clients' "what is queued / what failed".
+        # (Also "does this model still have work?" before a delete: active jobs are few.)
         "status_created": [("status", 1), ("_created", 1)],
         # Finding jobs whose lease expired.
         "status_lease": [("status", 1), ("lease.until", 1)],
-        # "Does this model still have work?" before deleting it.
-        "model_status": [("model_ref._id", 1), ("status", 1)],
-        "owner_created": [("owner", 1), ("_created", -1)],
+        # Listing jobs newest first. Every index costs each job write, so there
+        # are no others (an owner index arrives with access control).
         "created": [("_created", -1)],
     },
 }

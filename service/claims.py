@@ -1,10 +1,13 @@
 """The job queue in MongoDB: atomic claims with leases, and every job state change.
 
-A claim sets status "running", a lease {worker, token, until} and counts an
-attempt, in one update filtered on status "queued": two workers can never both
-claim a job. Every write that completes a job filters on the claim token, so a
-worker that wakes up after its lease expired and the job was claimed again
-cannot overwrite the newer attempt. This module is the only writer of job status.
+A job is either free (status "queued", no lease) or held by one runner through
+a lease {worker, token, until}. A claim takes free jobs in one update filtered
+on "queued and no lease", so two runners can never both hold a job, and counts
+an attempt. An API process running jobs itself inserts them already held
+(`new_lease`), which saves a claim per job. Every write that completes a job
+filters on the lease token, so a runner that wakes up after its lease expired
+and the job was claimed again cannot overwrite the newer attempt. This module
+is the only writer of job status after insertion.
 """
 
 import uuid
@@ -30,14 +33,18 @@ class JobQueue:
         self.lease = timedelta(seconds=lease_seconds)
         self.max_attempts = max_attempts
 
+    def new_lease(self) -> dict:
+        """A lease for jobs this runner is about to insert and run itself."""
+        return {"worker": self.worker_id, "token": uuid.uuid4().hex, "until": utcnow() + self.lease}
+
     def claim(self, ids: list[ObjectId]) -> tuple[str, list[ObjectId]]:
-        """Claim those of ids that are still queued; return the token and the claimed ids."""
+        """Claim those of ids that are still free; return the token and the claimed ids."""
         if not ids:
             return "", []
         token = uuid.uuid4().hex
         now = utcnow()
         result = self.db.jobs.update_many(
-            {"_id": {"$in": ids}, "status": "queued"},
+            {"_id": {"$in": ids}, "status": "queued", "lease": None},
             {
                 "$set": {
                     "status": "running",
@@ -60,30 +67,20 @@ class JobQueue:
         """The full documents of jobs this token holds."""
         return list(self.db.jobs.find({"_id": {"$in": ids}, "lease.token": token}))
 
-    def queued(self, limit: int, fresh_after_s: float = 0.0) -> list[ObjectId]:
-        """Ids of the oldest queued jobs (index: status, _created).
-
-        Jobs never tried and younger than fresh_after_s are left to the API
-        process that accepted them, which is about to run them.
-        """
-        cutoff = utcnow() - timedelta(seconds=fresh_after_s)
+    def queued(self, limit: int) -> list[ObjectId]:
+        """Ids of the oldest free jobs (index: status, _created)."""
         cursor = (
-            self.db.jobs.find({"status": "queued"}, {"_id": 1, "attempts": 1, "_created": 1})
+            self.db.jobs.find({"status": "queued", "lease": None}, {"_id": 1})
             .sort("_created", 1)
-            .limit(limit * 2)
+            .limit(limit)
         )
-        ids = [
-            doc["_id"]
-            for doc in cursor
-            if doc.get("attempts", 0) > 0 or not fresh_after_s or doc["_created"] <= cutoff
-        ]
-        return ids[:limit]
+        return [doc["_id"] for doc in cursor]
 
     def requeue_expired(self) -> int:
-        """Put jobs whose lease ran out back in the queue, or fail them past MAX_ATTEMPTS."""
+        """Free the jobs whose lease ran out, or fail them past MAX_ATTEMPTS."""
         now = utcnow()
         expired = self.db.jobs.find(
-            {"status": "running", "lease.until": {"$lt": now}},
+            {"status": {"$in": ["queued", "running"]}, "lease.until": {"$lt": now}},
             {"_id": 1, "attempts": 1, "lease": 1},
         ).limit(100)
         changed = 0
@@ -95,23 +92,33 @@ class JobQueue:
                 changed += self._requeue(job["_id"], job["lease"]["token"], message)
         return changed
 
-    def extend(self, job_id: ObjectId, token: str, done: int) -> bool:
-        """Record progress and extend the lease; False if the lease was lost."""
+    def extend(self, job_id: ObjectId, token: str, done: int, started_at: datetime) -> bool:
+        """Record progress of a running job and extend its lease; False if the lease was lost."""
         now = utcnow()
         result = self.db.jobs.update_one(
             {"_id": job_id, "lease.token": token},
             {
-                "$set": {"progress.done": done, "lease.until": now + self.lease, "_updated": now},
+                "$set": {
+                    "status": "running",
+                    "started_at": started_at,
+                    "progress.done": done,
+                    "lease.until": now + self.lease,
+                    "_updated": now,
+                },
                 "$unset": {"_etag": ""},
             },
         )
         return result.matched_count == 1
 
-    def succeed(self, jobs: list[tuple[ObjectId, str, int]]) -> set[ObjectId]:
-        """Mark (id, token, instance count) jobs succeeded; return the ids still held."""
+    def succeed(
+        self, jobs: list[tuple[ObjectId, str, int, datetime]], now: datetime
+    ) -> set[ObjectId]:
+        """Mark (id, token, instance count, started_at) jobs succeeded; return those still held.
+
+        A job run in one batch goes from queued to succeeded directly.
+        """
         if not jobs:
             return set()
-        now = utcnow()
         updates = [
             (
                 {"_id": job_id, "lease.token": token},
@@ -119,6 +126,7 @@ class JobQueue:
                     "$set": {
                         "status": "succeeded",
                         "progress": {"done": count, "total": count},
+                        "started_at": started_at,
                         "finished_at": now,
                         "lease": None,
                         "error": None,
@@ -127,7 +135,7 @@ class JobQueue:
                     "$unset": {"_etag": ""},
                 },
             )
-            for job_id, token, count in jobs
+            for job_id, token, count, started_at in jobs
         ]
         if len(updates) == 1:
             result = self.db.jobs.update_one(*updates[0])
@@ -135,9 +143,9 @@ class JobQueue:
             operations = [UpdateOne(query, change) for query, change in updates]
             result = self.db.jobs.bulk_write(operations, ordered=False)
         if result.matched_count == len(jobs):
-            return {job_id for job_id, _, _ in jobs}
+            return {job_id for job_id, *_ in jobs}
         # Some lease was lost: only report the jobs that really finished here.
-        ids = [job_id for job_id, _, _ in jobs]
+        ids = [job_id for job_id, *_ in jobs]
         finished = self.db.jobs.find(
             {"_id": {"$in": ids}, "status": "succeeded", "finished_at": now}, {"_id": 1}
         )

@@ -15,6 +15,9 @@ from schemas.common import FINISHED_STATUSES
 
 POLL_START_S = 0.02
 POLL_MAX_S = 0.25
+# Jobs leased to this process wake their waiters themselves; the database is
+# asked only in case the lease was lost and another runner finished the job.
+LOCAL_POLL_S = 1.0
 
 
 @dataclass
@@ -24,6 +27,8 @@ class Waiter:
     event: threading.Event = field(default_factory=threading.Event)
     status: str | None = None
     predictions: list[dict] = field(default_factory=list)
+    # The job's fields as written when it finished here; None if it finished elsewhere.
+    fields: dict | None = None
 
 
 class Completions:
@@ -58,20 +63,24 @@ class Completions:
         if waiter is not None:
             waiter.predictions.clear()
 
-    def finish(self, job_id: ObjectId, status: str) -> None:
+    def finish(self, job_id: ObjectId, status: str, fields: dict | None = None) -> None:
         waiter = self._waiters.get(job_id)
         if waiter is not None:
             waiter.status = status
+            waiter.fields = fields
             waiter.event.set()
 
-    def wait(self, db: Database, ids: list[ObjectId], timeout: float) -> dict[ObjectId, Waiter]:
+    def wait(
+        self, db: Database, ids: list[ObjectId], timeout: float, local: bool = False
+    ) -> dict[ObjectId, Waiter]:
         """Wait until every job finished or the timeout passed; return the finished ones.
 
-        The caller must have called expect(ids) first.
+        The caller must have called expect(ids) first. local: the jobs are leased
+        to this process, which wakes the waiters itself.
         """
         deadline = time.monotonic() + timeout
         waiters = {job_id: self._waiters[job_id] for job_id in ids}
-        poll = POLL_START_S
+        poll = LOCAL_POLL_S if local else POLL_START_S
         next_poll = time.monotonic() + poll
         while True:
             open_ids = [job_id for job_id, waiter in waiters.items() if not waiter.event.is_set()]
@@ -89,7 +98,7 @@ class Completions:
                 ):
                     waiters[job["_id"]].status = job["status"]
                     waiters[job["_id"]].event.set()
-                poll = min(poll * 2, POLL_MAX_S)
+                poll = max(poll, min(poll * 2, POLL_MAX_S))
                 next_poll = time.monotonic() + poll
                 continue
             waiters[open_ids[0]].event.wait(min(next_poll, deadline) - now)

@@ -1,10 +1,11 @@
 """Getting jobs to the engine: a dispatcher thread per API process, or worker processes.
 
-In-process mode (the default), the job hook hands each accepted job, inputs
-already checked, to this process's Dispatcher thread, which gathers jobs for up
-to MAX_WAIT_MS into batches. In workers mode the API only queues, and any number
-of `python run.py worker` processes claim jobs from MongoDB, woken by a change
-stream. Both also sweep up queued jobs nobody holds and jobs whose lease expired.
+In-process mode (the default), the job hook inserts each accepted job already
+leased to this process and hands it, inputs checked, to the Dispatcher thread,
+which gathers jobs for up to MAX_WAIT_MS into batches. In workers mode the API
+only queues, and any number of `python run.py worker` processes claim jobs
+from MongoDB, woken by a change stream. Both also sweep up queued jobs nobody
+holds and jobs whose lease expired.
 """
 
 import logging
@@ -26,10 +27,6 @@ from service.engine import Engine, Job
 
 log = logging.getLogger(__name__)
 
-# In-process sweeps leave new jobs younger than this to the API process that
-# accepted them (it is about to run them); retries are taken at once.
-SWEEP_FRESH_AFTER_S = 2.0
-
 
 def worker_id(kind: str) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{kind}"
@@ -37,9 +34,10 @@ def worker_id(kind: str) -> str:
 
 @dataclass
 class Handoff:
-    """A job this process just stored, with its inputs already checked."""
+    """A job this process just stored, leased to itself, with its inputs already checked."""
 
     id: ObjectId
+    token: str
     model: dict
     arrays: dict[str, np.ndarray]
     count: int
@@ -57,10 +55,10 @@ class Runner:
         self.poll_seconds = config["POLL_SECONDS"]
         self._stop = threading.Event()
 
-    def sweep(self, fresh_after_s: float = 0.0) -> int:
-        """Run queued jobs nobody holds, after requeueing those whose lease expired."""
+    def sweep(self) -> int:
+        """Run queued jobs nobody holds, after freeing those whose lease expired."""
         self.queue.requeue_expired()
-        ids = self.queue.queued(limit=self.max_batch_size, fresh_after_s=fresh_after_s)
+        ids = self.queue.queued(limit=self.max_batch_size)
         if not ids:
             return 0
         token, claimed = self.queue.claim(ids)
@@ -97,7 +95,7 @@ class Dispatcher(Runner):
                 if handoffs:
                     self._run(handoffs)
                 else:
-                    self.sweep(fresh_after_s=SWEEP_FRESH_AFTER_S)
+                    self.sweep()
             except PyMongoError as error:
                 # Jobs stay queued or leased in MongoDB; a later sweep runs them.
                 log.warning("dispatcher: database error (%s); retrying shortly", error)
@@ -127,21 +125,19 @@ class Dispatcher(Runner):
         return handoffs
 
     def _run(self, handoffs: list[Handoff]) -> None:
-        token, claimed = self.queue.claim([handoff.id for handoff in handoffs])
-        claimed_ids = set(claimed)
+        # No claim needed: the jobs were inserted holding this process's lease.
         jobs = [
             Job(
                 id=handoff.id,
-                token=token,
+                token=handoff.token,
                 model=handoff.model,
                 arrays=handoff.arrays,
                 count=handoff.count,
-                attempts=1,  # handed over straight from its insertion
+                attempts=1,
                 tags=handoff.tags,
                 owner=handoff.owner,
             )
             for handoff in handoffs
-            if handoff.id in claimed_ids
         ]
         self.engine.run(jobs)
 

@@ -10,6 +10,7 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ class Job:
     tags: dict = field(default_factory=dict)
     owner: str | None = None
     done: int = 0  # instances whose predictions are stored
+    started_at: datetime | None = None  # when its first batch began
 
     @classmethod
     def from_document(cls, document: dict, model: dict, max_instances: int) -> "Job":
@@ -65,6 +67,20 @@ def error_summary(error: Exception) -> str:
     lines = [line for line in text.splitlines() if line.strip() and not line[0].isspace()]
     lines = [line for line in lines if not line.startswith(("Detected at node", "Graph execution"))]
     return f"{type(error).__name__}: {(lines[-1] if lines else '')[:300]}"
+
+
+def _finished_fields(job: Job, finished_at: datetime) -> dict:
+    """What a job's document says once it succeeded, as the engine just wrote it."""
+    return {
+        "status": "succeeded",
+        "attempts": job.attempts,
+        "lease": None,
+        "error": None,
+        "progress": {"done": job.count, "total": job.count},
+        "started_at": job.started_at,
+        "finished_at": finished_at,
+        "_updated": finished_at,
+    }
 
 
 class ModelCache:
@@ -148,6 +164,9 @@ class Engine:
         pending = list(jobs)
         while pending:
             batch = self._next_batch(pending)
+            began = utcnow()
+            for job, _, _ in batch:
+                job.started_at = job.started_at or began
             try:
                 outputs = compiled.predict(self._concatenate(batch))
             except Exception as error:
@@ -215,12 +234,16 @@ class Engine:
             if job.done == job.count:
                 pending.remove(job)
                 completed.append(job)
-            elif not self.queue.extend(job.id, job.token, job.done):
+            elif not self.queue.extend(job.id, job.token, job.done, job.started_at):
                 log.warning("lost the lease of job %s; leaving it to its new holder", job.id)
                 pending.remove(job)
-        succeeded = self.queue.succeed([(job.id, job.token, job.count) for job in completed])
-        for job_id in succeeded:
-            self.completions.finish(job_id, "succeeded")
+        finished_at = utcnow()
+        succeeded = self.queue.succeed(
+            [(job.id, job.token, job.count, job.started_at) for job in completed], finished_at
+        )
+        for job in completed:
+            if job.id in succeeded:
+                self.completions.finish(job.id, "succeeded", _finished_fields(job, finished_at))
 
     def _predictions(
         self, job: Job, start: int, outputs: np.ndarray, batch_info: dict, now

@@ -51,12 +51,13 @@ def test_a_stale_worker_cannot_complete_a_reclaimed_job(mock_db):
     assert mock_db.jobs.find_one({"_id": job_id})["attempts"] == 2
 
     # The stale worker wakes up: none of its writes land.
-    assert stale.succeed([(job_id, old_token, 1)]) == set()
-    assert stale.extend(job_id, old_token, done=1) is False
+    now = utcnow()
+    assert stale.succeed([(job_id, old_token, 1, now)], now) == set()
+    assert stale.extend(job_id, old_token, done=1, started_at=now) is False
     assert stale.fail_attempt(job_id, old_token, 1, "late") == ""
     assert mock_db.jobs.find_one({"_id": job_id})["status"] == "running"
 
-    assert fresh.succeed([(job_id, new_token, 1)]) == {job_id}
+    assert fresh.succeed([(job_id, new_token, 1, now)], now) == {job_id}
     job = mock_db.jobs.find_one({"_id": job_id})
     assert job["status"] == "succeeded" and job["lease"] is None
 
@@ -87,9 +88,20 @@ def test_expired_lease_past_max_attempts_fails_the_job(mock_db):
     assert "lease expired: worker w stopped answering" in job["error"]
 
 
-def test_sweeps_leave_fresh_jobs_to_their_process(mock_db):
-    fresh, retried = queue_jobs(mock_db, 2)
-    mock_db.jobs.update_one({"_id": retried}, {"$set": {"attempts": 1}})
-    queue = JobQueue(mock_db, "w", lease_seconds=30, max_attempts=3)
-    assert queue.queued(limit=10, fresh_after_s=60) == [retried]
-    assert set(queue.queued(limit=10)) == {fresh, retried}
+def test_jobs_inserted_with_a_lease_are_nobody_elses(mock_db):
+    held, free = queue_jobs(mock_db, 2)
+    api = JobQueue(mock_db, "api", lease_seconds=30, max_attempts=3)
+    lease = api.new_lease()
+    mock_db.jobs.update_one({"_id": held}, {"$set": {"lease": lease, "attempts": 1}})
+    worker = JobQueue(mock_db, "worker", lease_seconds=30, max_attempts=3)
+    assert worker.queued(limit=10) == [free]
+    assert worker.claim([held, free])[1] == [free]
+
+    # The API process dies before running it: once the lease expires, it is free again.
+    mock_db.jobs.update_one(
+        {"_id": held}, {"$set": {"lease.until": utcnow() - timedelta(seconds=1)}}
+    )
+    assert worker.requeue_expired() == 1
+    assert worker.queued(limit=10) == [held]
+    assert worker.claim([held])[1] == [held]
+    assert mock_db.jobs.find_one({"_id": held})["attempts"] == 2

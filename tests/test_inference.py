@@ -183,3 +183,28 @@ def test_deleting_a_finished_job_deletes_its_predictions(api, db, demo_models):
     assert db.predictions.count_documents({}) == 3
     assert api.delete(f"/jobs/{job['_id']}", headers={"If-Match": job["_etag"]}).status_code == 204
     assert db.predictions.count_documents({}) == 0
+
+
+def test_waited_answer_matches_the_stored_job(api, demo_models):
+    answer = api.post(
+        "/jobs?wait=30", json={"model": "iris", "inputs": [[5.1, 3.5, 1.4, 0.2]], "tags": {"t": 1}}
+    ).json()
+    stored = api.get(f"/jobs/{answer['_id']}").json()
+    fields = [
+        "status",
+        "attempts",
+        "progress",
+        "started_at",
+        "finished_at",
+        "model_ref",
+        "tags",
+        "queued_at",
+        "_created",
+        "_updated",
+        "lease",
+        "error",
+    ]
+    assert {f: answer[f] for f in fields} == {f: stored[f] for f in fields}
+    assert stored["lease"] is None and stored["attempts"] == 1
+    assert "_etag" not in answer  # the job changed since it was inserted: GET it for its ETag
+    assert "inputs" not in answer
