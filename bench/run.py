@@ -136,6 +136,8 @@ def bulk_job(sibyl_url: str, instances: int, limit: dict) -> dict:
 
 def seed_predictions(db, target: int) -> None:
     """Bring the predictions collection to target documents (engine-shaped)."""
+    if db.predictions.estimated_document_count() > target:
+        db.predictions.delete_many({})  # the end-to-end runs left theirs
     missing = target - db.predictions.estimated_document_count()
     labels = ["setosa", "versicolor", "virginica"]
     while missing > 0:

@@ -9,6 +9,7 @@ from flask import current_app, g
 
 from service import model_files
 
+
 class CheckedSchema(DefinitionSchema):
     """A schema definition checked once: its copies and field updates skip the check.
 
