@@ -240,7 +240,8 @@ def markdown(results: dict) -> str:
     first, last = results["analyst"][0], results["analyst"][-1]
     lines.append(
         f"\n{last['predictions']} vs {first['predictions']} stored: API p50 "
-        f"**{last['api_p50_ms'] / first['api_p50_ms']:.2f}×**"
+        f"**{last['api_p50_ms'] / first['api_p50_ms']:.2f}×**; PyMongo alone on the same "
+        f"database {last['pymongo_p50_ms'] / first['pymongo_p50_ms']:.2f}×"
     )
     machine = results["machine"]
     lines.append(

@@ -58,14 +58,7 @@ def train_iris(path: Path) -> float:
             keras.layers.Dense(3, activation="softmax", name="species"),
         ]
     )
-    model.compile(
-        optimizer=keras.optimizers.Adam(0.02),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    history = model.fit(features, species, epochs=60, batch_size=16, shuffle=True, verbose=0)
-    model.save(path)
-    return history.history["accuracy"][-1]
+    return fit_and_save(model, features, species, path, learning_rate=0.02, epochs=60, batch=16)
 
 
 def train_digits(path: Path) -> float:
@@ -83,12 +76,21 @@ def train_digits(path: Path) -> float:
             keras.layers.Dense(10, activation="softmax", name="digit"),
         ]
     )
+    return fit_and_save(model, images, digits, path, learning_rate=0.005, epochs=25, batch=32)
+
+
+def fit_and_save(
+    model, x, y, path: Path, *, learning_rate: float, epochs: int, batch: int
+) -> float:
+    """Train a classifier on class indices, save it, return its training accuracy."""
+    import keras
+
     model.compile(
-        optimizer=keras.optimizers.Adam(0.005),
+        optimizer=keras.optimizers.Adam(learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    history = model.fit(images, digits, epochs=25, batch_size=32, shuffle=True, verbose=0)
+    history = model.fit(x, y, epochs=epochs, batch_size=batch, shuffle=True, verbose=0)
     model.save(path)
     return history.history["accuracy"][-1]
 

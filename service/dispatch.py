@@ -89,12 +89,15 @@ class Dispatcher(Runner):
         self._thread.join(timeout)
 
     def _loop(self) -> None:
+        next_sweep = 0.0
         while not self._stop.is_set():
             try:
                 handoffs = self._collect()
                 if handoffs:
                     self._run(handoffs)
-                else:
+                # Retries and expired leases are swept up even under steady load.
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.poll_seconds
                     self.sweep()
             except PyMongoError as error:
                 # Jobs stay queued or leased in MongoDB; a later sweep runs them.
