@@ -6,7 +6,7 @@ from eve import Eve
 
 import hooks
 import settings
-from service import errors, media
+from service import errors, media, request_checks
 from service.context import Sibyl
 from service.data import SibylMongo
 from service.health import health
@@ -38,6 +38,7 @@ def create_app(overrides: dict | None = None) -> Eve:
     )
     app.extensions["sibyl"] = Sibyl(app)
     errors.register(app)
+    request_checks.register(app)
     media.register(app)
     hooks.register(app)
     app.register_blueprint(health, url_prefix=app.api_prefix)

@@ -110,9 +110,33 @@ def test_page_size_is_capped(api, seeded):
     assert body["_meta"]["max_results"] == 500
 
 
-def test_unsupported_operator_is_400(api, seeded):
-    response = api.get("/predictions", params={"where": where({"$where": "sleep(1000)"})})
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"where": '{"$where": "sleep(1000)"}'}, "where: the operator $where is not allowed"),
+        ({"where": '{"label": {"$regex": "^v"}}'}, "where: the operator $regex is not allowed"),
+        ({"where": '{"label": '}, "where: not a JSON object"),
+        ({"where": "[1, 2]"}, "where: must be a JSON object"),
+        ({"projection": '{"label": '}, "projection: not a JSON object"),
+        ({"projection": '{"label": 5}'}, "projection: values must be 1 (include) or 0"),
+        ({"sort": '[("score", 2)]'}, "sort: expected -field,field"),
+        ({"sort": "score,,label"}, "sort: an empty field name"),
+        ({"max_results": "ten"}, "max_results must be a positive whole number"),
+        ({"page": "0"}, "page must be a positive whole number"),
+    ],
+)
+def test_bad_query_is_400_saying_why(api, seeded, params, message):
+    response = api.get("/predictions", params=params)
     assert response.status_code == 400
+    assert message in response.json()["_error"]["message"]
+
+
+def test_python_style_where_and_mongo_style_sort_still_work(api, seeded):
+    found = items(
+        api.get("/predictions", params={"where": 'label == "setosa"', "sort": '[("score", -1)]'})
+    )
+    assert len(found) == 10
+    assert [p["score"] for p in found] == sorted((p["score"] for p in found), reverse=True)
 
 
 def test_item_by_id(api, seeded):

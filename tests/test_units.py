@@ -4,7 +4,7 @@ import pytest
 
 from hooks.pagination import on_fetched_resource
 from run import redact
-from service.errors import nesting_exceeds
+from service.request_checks import nesting_exceeds
 
 
 @pytest.mark.parametrize(
