@@ -49,6 +49,13 @@ def check_json_body() -> None:
         abort(400, description=f"JSON body is nested deeper than {limit} levels")
     if nesting_exceeds(body, limit):
         abort(400, description=f"JSON body is nested deeper than {limit} levels")
+    if request.method == "POST" and isinstance(body, list):
+        if not body:
+            abort(400, description="empty list: a bulk POST needs at least one document")
+        if not all(isinstance(item, dict) for item in body):
+            abort(400, description="a bulk POST is a list of JSON objects")
+    elif not isinstance(body, dict):
+        abort(400, description="the JSON body must be an object (or, to POST many, a list of them)")
 
 
 def nesting_exceeds(value, limit: int) -> bool:

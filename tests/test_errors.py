@@ -40,6 +40,22 @@ def test_body_over_the_limit_is_413(start_server, db, demo_models):
     )
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('"just a string"', "the JSON body must be an object"),
+        ("42", "the JSON body must be an object"),
+        ("[]", "empty list: a bulk POST needs at least one document"),
+        ('[{"model": "iris"}, 3]', "a bulk POST is a list of JSON objects"),
+    ],
+)
+def test_body_of_the_wrong_shape_is_400(api, db, body, message):
+    response = api.post("/jobs", data=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert message in response.json()["_error"]["message"]
+    assert db.jobs.count_documents({}) == 0
+
+
 def test_unknown_route_is_json_404(api):
     response = api.get("/nowhere")
     assert response.status_code == 404
