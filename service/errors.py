@@ -3,9 +3,9 @@
 from typing import NoReturn
 
 from eve.endpoints import error_endpoint
-from flask import Flask, Response, abort, json
+from flask import Flask, Response, abort, current_app, json, request
 from pymongo.errors import ConnectionFailure
-from werkzeug.exceptions import ServiceUnavailable
+from werkzeug.exceptions import NotFound, ServiceUnavailable
 
 RETRY_AFTER_SECONDS = 5
 
@@ -13,6 +13,21 @@ RETRY_AFTER_SECONDS = 5
 def register(app: Flask) -> None:
     """Wire the error handlers into the app."""
     app.register_error_handler(ConnectionFailure, database_unavailable)
+    app.register_error_handler(404, not_found)
+
+
+def not_found(error: NotFound):
+    """A 404 that says what was not found: the item of a resource, or the route."""
+    resource, _, kind = (request.endpoint or "").partition("|")
+    if kind == "item_lookup":
+        title = current_app.config["DOMAIN"][resource]["item_title"]
+        item_id = next(iter((request.view_args or {}).values()), "")
+        description = f"no {title} with id {item_id}"
+    elif request.url_rule is None:
+        description = f"no such route: {request.method} {request.path}"
+    else:
+        description = error.description
+    return error_endpoint(NotFound(description=description))
 
 
 def database_unavailable(error: ConnectionFailure):

@@ -59,7 +59,21 @@ def test_body_of_the_wrong_shape_is_400(api, db, body, message):
 def test_unknown_route_is_json_404(api):
     response = api.get("/nowhere")
     assert response.status_code == 404
-    assert response.json()["_error"]["code"] == 404
+    assert response.json()["_error"] == {"code": 404, "message": "no such route: GET /v1/nowhere"}
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/jobs/" + "a" * 24, "no job with id " + "a" * 24),
+        ("/models/" + "b" * 24, "no model with id " + "b" * 24),
+        ("/predictions/" + "c" * 24, "no prediction with id " + "c" * 24),
+    ],
+)
+def test_missing_item_is_404_naming_it(api, path, message):
+    response = api.get(path)
+    assert response.status_code == 404
+    assert response.json()["_error"]["message"] == message
 
 
 def test_predictions_are_read_only(api):
