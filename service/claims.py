@@ -24,6 +24,12 @@ def utcnow() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+def changed(fields: dict, now: datetime) -> dict:
+    """The update of a job whose state changes: new fields, and a stale ETag dropped
+    (Eve computes the new one on read)."""
+    return {"$set": {**fields, "_updated": now}, "$unset": {"_etag": ""}}
+
+
 class JobQueue:
     """Claims and state transitions of jobs, for one worker identity."""
 
@@ -43,18 +49,11 @@ class JobQueue:
             return "", []
         token = uuid.uuid4().hex
         now = utcnow()
+        lease = {"worker": self.worker_id, "token": token, "until": now + self.lease}
+        update = changed({"status": "running", "lease": lease, "started_at": now}, now)
         result = self.db.jobs.update_many(
             {"_id": {"$in": ids}, "status": "queued", "lease": None},
-            {
-                "$set": {
-                    "status": "running",
-                    "lease": {"worker": self.worker_id, "token": token, "until": now + self.lease},
-                    "started_at": now,
-                    "_updated": now,
-                },
-                "$inc": {"attempts": 1},
-                "$unset": {"_etag": ""},
-            },
+            {**update, "$inc": {"attempts": 1}},
         )
         if result.modified_count == len(ids):
             return token, list(ids)
@@ -95,20 +94,13 @@ class JobQueue:
     def extend(self, job_id: ObjectId, token: str, done: int, started_at: datetime) -> bool:
         """Record progress of a running job and extend its lease; False if the lease was lost."""
         now = utcnow()
-        result = self.db.jobs.update_one(
-            {"_id": job_id, "lease.token": token},
-            {
-                "$set": {
-                    "status": "running",
-                    "started_at": started_at,
-                    "progress.done": done,
-                    "lease.until": now + self.lease,
-                    "_updated": now,
-                },
-                "$unset": {"_etag": ""},
-            },
-        )
-        return result.matched_count == 1
+        fields = {
+            "status": "running",
+            "started_at": started_at,
+            "progress.done": done,
+            "lease.until": now + self.lease,
+        }
+        return self._change_held(job_id, token, changed(fields, now)).matched_count == 1
 
     def succeed(
         self, jobs: list[tuple[ObjectId, str, int, datetime]], now: datetime
@@ -122,18 +114,17 @@ class JobQueue:
         updates = [
             (
                 {"_id": job_id, "lease.token": token},
-                {
-                    "$set": {
+                changed(
+                    {
                         "status": "succeeded",
                         "progress": {"done": count, "total": count},
                         "started_at": started_at,
                         "finished_at": now,
                         "lease": None,
                         "error": None,
-                        "_updated": now,
                     },
-                    "$unset": {"_etag": ""},
-                },
+                    now,
+                ),
             )
             for job_id, token, count, started_at in jobs
         ]
@@ -162,32 +153,18 @@ class JobQueue:
         return "queued" if self._requeue(job_id, token, error) else ""
 
     def _requeue(self, job_id: ObjectId, token: str, error: str) -> int:
-        now = utcnow()
-        result = self.db.jobs.update_one(
-            {"_id": job_id, "lease.token": token},
-            {
-                "$set": {"status": "queued", "lease": None, "error": error, "_updated": now},
-                "$unset": {"_etag": ""},
-            },
-        )
-        return result.modified_count
+        fields = {"status": "queued", "lease": None, "error": error}
+        return self._change_held(job_id, token, changed(fields, utcnow())).modified_count
 
     def _finish_failed(self, job_id: ObjectId, token: str, error: str) -> int:
         now = utcnow()
-        result = self.db.jobs.update_one(
-            {"_id": job_id, "lease.token": token},
-            {
-                "$set": {
-                    "status": "failed",
-                    "lease": None,
-                    "error": error,
-                    "finished_at": now,
-                    "_updated": now,
-                },
-                "$unset": {"_etag": ""},
-            },
-        )
+        fields = {"status": "failed", "lease": None, "error": error, "finished_at": now}
+        result = self._change_held(job_id, token, changed(fields, now))
         if result.modified_count:
             # A failed job keeps no partial predictions: all or nothing.
             self.db.predictions.delete_many({"job": job_id})
         return result.modified_count
+
+    def _change_held(self, job_id: ObjectId, token: str, update: dict):
+        """Apply an update to a job only while this token still holds it."""
+        return self.db.jobs.update_one({"_id": job_id, "lease.token": token}, update)
