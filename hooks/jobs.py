@@ -10,7 +10,7 @@ from service import model_store
 from service.claims import utcnow
 from service.completions import Waiter
 from service.context import sibyl
-from service.dispatch import Handoff
+from service.engine import Job
 from service.errors import unprocessable
 from service.signature import InputError, check_inputs
 
@@ -88,13 +88,13 @@ def on_inserted_jobs(items: list[dict]) -> None:
         services.completions.expect([job["_id"] for job in items])
     if not services.runs_jobs:
         return
-    handoffs = []
+    jobs = []
     for job in items:
         model, arrays, count = g.checked_jobs.pop(id(job))
-        token = job["lease"]["token"]
-        handoffs.append(Handoff(job["_id"], token, model, arrays, count, job.get("tags") or {}))
+        token, tags = job["lease"]["token"], job.get("tags") or {}
+        jobs.append(Job(job["_id"], token, model, arrays, count, attempts=1, tags=tags))
     g.inserted_jobs = {job["_id"]: job for job in items}
-    services.dispatcher.submit(handoffs)
+    services.dispatcher.submit(jobs)
 
 
 def on_post_POST_jobs(request: Request, payload: Response) -> None:

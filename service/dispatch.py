@@ -14,10 +14,7 @@ import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 
-import numpy as np
-from bson import ObjectId
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
@@ -30,19 +27,6 @@ log = logging.getLogger(__name__)
 
 def worker_id(kind: str) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{kind}"
-
-
-@dataclass
-class Handoff:
-    """A job this process just stored, leased to itself, with its inputs already checked."""
-
-    id: ObjectId
-    token: str
-    model: dict
-    arrays: dict[str, np.ndarray]
-    count: int
-    tags: dict = field(default_factory=dict)
-    owner: str | None = None
 
 
 class Runner:
@@ -76,13 +60,14 @@ class Dispatcher(Runner):
     def __init__(self, db: Database, config: dict, completions: Completions):
         super().__init__(db, config, completions, "api")
         self.max_wait_s = config["MAX_WAIT_MS"] / 1000
-        self.inbox: queue.SimpleQueue[Handoff] = queue.SimpleQueue()
+        # Jobs this process just stored, leased to itself, inputs already checked.
+        self.inbox: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="sibyl-dispatcher", daemon=True)
         self._thread.start()
 
-    def submit(self, handoffs: list[Handoff]) -> None:
-        for handoff in handoffs:
-            self.inbox.put(handoff)
+    def submit(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self.inbox.put(job)
 
     def stop(self, timeout: float = 10.0) -> None:
         super().stop()
@@ -92,9 +77,10 @@ class Dispatcher(Runner):
         next_sweep = 0.0
         while not self._stop.is_set():
             try:
-                handoffs = self._collect()
-                if handoffs:
-                    self._run(handoffs)
+                jobs = self._collect()
+                if jobs:
+                    # No claim needed: the jobs were inserted holding this process's lease.
+                    self.engine.run(jobs)
                 # Retries and expired leases are swept up even under steady load.
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.poll_seconds
@@ -107,42 +93,25 @@ class Dispatcher(Runner):
                 log.exception("dispatcher: unexpected error; continuing")
                 self._stop.wait(self.poll_seconds)
 
-    def _collect(self) -> list[Handoff]:
+    def _collect(self) -> list[Job]:
         """Wait for a job, then gather more for up to MAX_WAIT_MS or a full batch."""
         try:
             first = self.inbox.get(timeout=self.poll_seconds)
         except queue.Empty:
             return []
-        handoffs, rows = [first], first.count
+        jobs, rows = [first], first.count
         deadline = time.monotonic() + self.max_wait_s
         while rows < self.max_batch_size:
             remaining = deadline - time.monotonic()
             try:
-                handoff = (
+                job = (
                     self.inbox.get(timeout=remaining) if remaining > 0 else self.inbox.get_nowait()
                 )
             except queue.Empty:
                 break
-            handoffs.append(handoff)
-            rows += handoff.count
-        return handoffs
-
-    def _run(self, handoffs: list[Handoff]) -> None:
-        # No claim needed: the jobs were inserted holding this process's lease.
-        jobs = [
-            Job(
-                id=handoff.id,
-                token=handoff.token,
-                model=handoff.model,
-                arrays=handoff.arrays,
-                count=handoff.count,
-                attempts=1,
-                tags=handoff.tags,
-                owner=handoff.owner,
-            )
-            for handoff in handoffs
-        ]
-        self.engine.run(jobs)
+            jobs.append(job)
+            rows += job.count
+        return jobs
 
 
 class JobSignal:
