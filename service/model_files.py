@@ -9,6 +9,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -107,6 +108,15 @@ def inspect_in_child(path: Path, model_format: str, timeout_s: float, memory_mb:
     if "error" in result:
         raise ModelFileError(result["error"])
     return result["signature"]
+
+
+def inspect(path: Path, *, max_bytes: int, timeout_s: float, memory_mb: int) -> dict:
+    """Recognise a model file and load it in a sandboxed child: {"format", "signature"}."""
+    model_format = sniff_format(path, max_bytes)
+    with tempfile.TemporaryDirectory() as workdir:
+        loadable = loadable_path(path, model_format, Path(workdir))
+        signature = inspect_in_child(loadable, model_format, timeout_s, memory_mb)
+    return {"format": model_format, "signature": signature}
 
 
 def check_labels(labels: list[str] | None, signature: dict) -> None:

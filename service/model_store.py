@@ -125,21 +125,15 @@ def register(
     Writes through the driver because it runs before any API process exists; it
     stores what the POST /v1/models hooks store (Eve computes the ETag on read).
     """
-    model_format = model_files.sniff_format(path, limits["max_bytes"])
-    with tempfile.TemporaryDirectory() as workdir:
-        loadable = model_files.loadable_path(path, model_format, Path(workdir))
-        signature = model_files.inspect_in_child(
-            loadable, model_format, limits["timeout_s"], limits["memory_mb"]
-        )
-    model_files.check_labels(labels, signature)
+    inspection = model_files.inspect(path, **limits)
+    model_files.check_labels(labels, inspection["signature"])
     file_id = gridfs.GridFS(db).put(path.read_bytes(), filename=path.name)
     now = datetime.now(UTC).replace(microsecond=0)
     document = {
         "name": name,
         "version": next_version(db, name),
         "file": file_id,
-        "format": model_format,
-        "signature": signature,
+        **inspection,
         "labels": labels,
         "description": description,
         "owner": None,

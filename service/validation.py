@@ -68,26 +68,22 @@ class SibylValidator(Validator):
             value.save(upload)
             value.stream.seek(0)  # Eve stores the same stream in GridFS next
             try:
-                model_format = model_files.sniff_format(upload, config["MAX_MODEL_BYTES"])
-                loadable = model_files.loadable_path(upload, model_format, Path(workdir))
-                signature = model_files.inspect_in_child(
-                    loadable,
-                    model_format,
-                    config["MODEL_LOAD_TIMEOUT_S"],
-                    config["MODEL_LOAD_MEMORY_MB"],
+                inspection = model_files.inspect(
+                    upload,
+                    max_bytes=config["MAX_MODEL_BYTES"],
+                    timeout_s=config["MODEL_LOAD_TIMEOUT_S"],
+                    memory_mb=config["MODEL_LOAD_MEMORY_MB"],
                 )
             except model_files.ModelFileError as error:
                 self._refuse_upload(field, str(error))
                 return
         try:
-            model_files.check_labels(self.document.get("labels"), signature)
+            model_files.check_labels(self.document.get("labels"), inspection["signature"])
         except model_files.ModelFileError as error:
             self._error("labels", str(error))
             return
         # Read back by hooks/models.py when the document is inserted.
-        g.setdefault("inspected_models", []).append(
-            {"format": model_format, "signature": signature}
-        )
+        g.setdefault("inspected_models", []).append(inspection)
 
     def _refuse_upload(self, field: str, message: str) -> None:
         """Record an error on a file field.
