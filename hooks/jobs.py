@@ -131,10 +131,10 @@ def finished_job(job_id: ObjectId, waiter: Waiter, inserted: dict | None) -> dic
         document = getitem_internal("jobs", _id=job_id)[0]
         document.pop("_links", None)  # the POST answer has the item's own links
     document.pop("inputs", None)  # the client has just sent them
+    # Both sources are in index order: batches run a job's instances in order.
     predictions = waiter.predictions
     if document["status"] == "succeeded" and not predictions:
-        predictions = list(sibyl().db.predictions.find({"job": job_id}).sort("index", 1))
-    predictions = sorted(predictions, key=lambda p: p["index"])
+        predictions = sibyl().db.predictions.find({"job": job_id}).sort("index", 1)
     document["predictions"] = [
         {name: p.get(name) for name in INLINE_PREDICTION_FIELDS} for p in predictions
     ]

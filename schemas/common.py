@@ -29,8 +29,3 @@ TENSOR_SPEC = {
         "dtype": {"type": "string"},
     },
 }
-
-
-def readonly(field: dict) -> dict:
-    """Return a copy of a field definition that clients may not write."""
-    return {**field, "readonly": True}

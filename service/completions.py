@@ -48,9 +48,11 @@ class Completions:
             for job_id in ids:
                 self._waiters.setdefault(job_id, Waiter())
 
-    def release(self, ids: list[ObjectId]) -> dict[ObjectId, Waiter]:
+    def release(self, ids: list[ObjectId]) -> None:
+        """The request stopped waiting: forget these jobs."""
         with self._lock:
-            return {job_id: self._waiters.pop(job_id) for job_id in ids if job_id in self._waiters}
+            for job_id in ids:
+                self._waiters.pop(job_id, None)
 
     def add_prediction(self, document: dict) -> None:
         waiter = self._waiters.get(document["job"])

@@ -116,9 +116,3 @@ class EmbeddedDatabase:
             log.warning("SecantusDB did not stop within %s s; killing it", timeout)
             self.process.kill()
             self.process.wait()
-
-    def __enter__(self) -> "EmbeddedDatabase":
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
