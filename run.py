@@ -113,7 +113,9 @@ def serve(args: argparse.Namespace) -> None:
         # exits with SystemExit, which lands in the finally below.
         ApiServer({"MONGO_URI": mongo_uri}, options).run()
     finally:
-        if database is not None:
+        # Gunicorn forks its workers from this process: when one exits, it
+        # unwinds through here too, and must leave the database alone.
+        if database is not None and database.owned_here:
             log.info("stopping the embedded database")
             EMBEDDED_URI_FILE.unlink(missing_ok=True)
             database.stop()

@@ -7,6 +7,7 @@ it through PyMongo over a real socket, exactly as it talks to MongoDB.
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -44,6 +45,7 @@ class EmbeddedDatabase:
         self.host = host
         self.port = port or free_port(host)
         self.process: subprocess.Popen | None = None
+        self.owner_pid = 0  # the process that started the server
 
     @property
     def uri(self) -> str:
@@ -80,6 +82,7 @@ class EmbeddedDatabase:
                 start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
+        self.owner_pid = os.getpid()
         self._wait_until_ready(timeout)
         return self
 
@@ -105,9 +108,15 @@ class EmbeddedDatabase:
         finally:
             client.close()
 
+    @property
+    def owned_here(self) -> bool:
+        """Whether this process started the server (a forked child, such as a
+        gunicorn worker, inherits the object but must not stop the server)."""
+        return self.process is not None and self.owner_pid == os.getpid()
+
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the server cleanly (SIGTERM lets it flush), killing it if it hangs."""
-        if self.process is None or self.process.poll() is not None:
+        if not self.owned_here or self.process.poll() is not None:
             return
         self.process.terminate()
         try:

@@ -114,6 +114,8 @@ def test_serve_trains_demo_models_stops_cleanly_and_keeps_data(serve):
     output = process.stdout.read()
     assert "embedded SecantusDB at mongodb://127.0.0.1:" in output
     assert "Sibyl API at http://127.0.0.1:" in output
+    # Only the process that started the database stops it, not an exiting API worker.
+    assert output.count("stopping the embedded database") == 1
     time.sleep(0.5)
     assert [pid for pid in family if alive(pid)] == []
 
