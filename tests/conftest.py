@@ -5,6 +5,9 @@ as state accumulates, and restarting it per test would cost seconds.
 """
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +24,7 @@ from service import create_app
 from service.demo_models import ensure_demo_models, model_limits
 from service.embedded_db import EmbeddedDatabase
 
+ROOT = Path(__file__).resolve().parent.parent
 TEST_DB_NAME = "sibyl_test"
 # The queueing app has a database of its own, so that the in-process app's
 # sweeps never run the jobs its tests expect to stay queued.
@@ -213,6 +217,28 @@ def upload_model(
         data["labels"] = json.dumps(labels)
     with open(path, "rb") as handle:
         return api.post("/models", data=data, files={"file": (Path(path).name, handle)})
+
+
+@pytest.fixture
+def run_py() -> Iterator[Callable[..., subprocess.Popen]]:
+    """Start `python run.py <command>` processes as a user would; kill leftovers at the end."""
+    processes: list[subprocess.Popen] = []
+
+    def start(command: str, env: dict, **popen_options) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, "run.py", command],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            **popen_options,
+        )
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
 
 
 @pytest.fixture(scope="session")

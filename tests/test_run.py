@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -11,8 +10,6 @@ import pytest
 import requests
 
 from service.embedded_db import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def descendants(pid: int) -> set[int]:
@@ -57,38 +54,24 @@ def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float = 120
 
 
 @pytest.fixture
-def serve(tmp_path):
-    """Start run.py serve with its data under tmp_path; stop it at the end."""
-    started = []
+def serve(tmp_path, run_py):
+    """Start run.py serve with its data under tmp_path (stopped at the end)."""
     port = free_port()
     env = {
-        **os.environ,
         "SIBYL_PORT": str(port),
         "SIBYL_DB_PATH": str(tmp_path / "db"),
         "SIBYL_MODEL_CACHE_DIR": str(tmp_path / "models"),
         "SIBYL_WEB_WORKERS": "1",
+        "MONGO_URI": "",  # unset: the embedded database
     }
-    env.pop("MONGO_URI", None)
 
     def start():
-        process = subprocess.Popen(
-            [sys.executable, "run.py", "serve"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        started.append(process)
+        process = run_py("serve", env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         url = f"http://127.0.0.1:{port}"
         wait_until_healthy(url, process)
         return process, url
 
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    return start
 
 
 def test_serve_trains_demo_models_stops_cleanly_and_keeps_data(serve):

@@ -1,49 +1,31 @@
 """Workers mode: `run.py worker` processes drain the queue and outlive a killed worker."""
 
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from bson import ObjectId
 from conftest import QUEUE_DB_NAME
 
-ROOT = Path(__file__).resolve().parent.parent
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 
 
 @pytest.fixture
-def start_worker(database, tmp_path):
+def start_worker(database, tmp_path, run_py):
     """Start `run.py worker` processes on the queueing app's database."""
-    processes = []
 
     def start(**settings) -> subprocess.Popen:
         env = {
-            **os.environ,
             "MONGO_URI": database.uri,
             "SIBYL_DB_NAME": QUEUE_DB_NAME,
             "SIBYL_MODEL_CACHE_DIR": str(tmp_path / "models"),
             "SIBYL_POLL_MS": "200",
             **{f"SIBYL_{key.upper()}": str(value) for key, value in settings.items()},
         }
-        process = subprocess.Popen(
-            [sys.executable, "run.py", "worker"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        processes.append(process)
-        return process
+        return run_py("worker", env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
+    return start
 
 
 def wait_for(condition, timeout: float, what: str):
