@@ -20,7 +20,7 @@ import pymongo
 from gunicorn.app.base import BaseApplication
 
 import settings
-from service.embedded_db import EmbeddedDatabase
+from service.store.embedded_db import EmbeddedDatabase
 
 # Where `serve` leaves the embedded database's URI for workers on this machine.
 EMBEDDED_URI_FILE = Path(settings.EMBEDDED_DB_PATH) / "uri"
@@ -41,7 +41,7 @@ class ApiServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        from service import create_app
+        from service.app import create_app
 
         return create_app(self.overrides)
 
@@ -68,7 +68,7 @@ def ensure_demo_models(mongo_uri: str) -> None:
         return
     log.info("training the demo models (once, a few seconds)")
     subprocess.run(
-        [sys.executable, "-m", "service.demo_models"],
+        [sys.executable, "-m", "service.demo.models"],
         env={**os.environ, "MONGO_URI": mongo_uri},
         check=True,
     )
@@ -123,8 +123,8 @@ def serve(args: argparse.Namespace) -> None:
 
 def worker(args: argparse.Namespace) -> None:
     """Run queued jobs until SIGTERM or Ctrl-C, then finish the batch at hand."""
-    from service.app import load_settings
-    from service.dispatch import Worker
+    from service.config import load_settings
+    from service.jobs.dispatch import Worker
 
     mongo_uri = settings.MONGO_URI
     if not mongo_uri:

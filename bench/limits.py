@@ -31,7 +31,7 @@ def model_rates(model_path: str, batch_sizes: list[int], min_seconds: float) -> 
     """Rows/s of the engine's compiled model at each batch size, and its per-call overhead."""
     import tensorflow as tf
 
-    from service.runtime import CompiledModel
+    from service.registry.runtime import CompiledModel
 
     model = CompiledModel(model_path, "keras")
     rates = {}

@@ -27,7 +27,7 @@ from bson import json_util
 from bench import limits
 from bench.loadgen import run_load
 from bench.servers import ROOT, start_naive, start_sibyl
-from service.demo_models import load_digits, load_iris
+from service.demo.models import load_digits, load_iris
 
 RESULTS = ROOT / "bench" / "results"
 

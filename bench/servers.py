@@ -9,7 +9,7 @@ from pathlib import Path
 
 import requests
 
-from service.embedded_db import free_port
+from service.store.embedded_db import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,13 +6,13 @@ from eve.render import JSONRenderer
 from flask import Request, Response, abort, current_app, g, json, request
 
 from schemas.common import FINISHED_STATUSES
-from service import model_store
-from service.claims import utcnow
-from service.completions import Waiter
+from service.api.errors import unprocessable
 from service.context import sibyl
-from service.engine import Job
-from service.errors import unprocessable
-from service.signature import InputError, check_inputs
+from service.jobs.claims import utcnow
+from service.jobs.completions import Waiter
+from service.jobs.engine import Job
+from service.registry import model_store
+from service.registry.signature import InputError, check_inputs
 
 # Fields a client may change after submitting a job.
 PATCHABLE_FIELDS = {"tags"}

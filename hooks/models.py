@@ -2,8 +2,8 @@
 
 from flask import abort, g
 
-from service import model_store
 from service.context import sibyl
+from service.registry import model_store
 
 
 def on_insert_models(items: list[dict]) -> None:

@@ -11,7 +11,7 @@ MODELS = {
         # Assigned on upload: 1, 2, ... per name.
         "version": READONLY_INT,
         # The model file, kept in GridFS; loaded in a sandboxed child process
-        # on upload (service/validation.py) and refused if it cannot be served.
+        # on upload (service/api/validation.py) and refused if it cannot be served.
         "file": {"type": "media", "required": True, "model_file": True},
         "format": {"type": "string", "readonly": True},
         "signature": {

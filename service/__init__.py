@@ -1,5 +1,5 @@
-"""Sibyl: TensorFlow inference jobs behind an Eve REST API, stored in MongoDB."""
+"""Sibyl: TensorFlow inference jobs behind an Eve REST API, stored in MongoDB.
 
-from service.app import create_app
-
-__all__ = ["create_app"]
+This package's face imports nothing: `service.app.create_app` builds the API,
+and the worker, the model-inspection child and the data layer load without Eve.
+"""

@@ -7,8 +7,8 @@ from eve import Eve
 from flask import current_app
 from pymongo.database import Database
 
-from service.completions import Completions
-from service.model_store import ModelLookup
+from service.jobs.completions import Completions
+from service.registry.model_store import ModelLookup
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Sibyl:
     def dispatcher(self):
         with self._lock:
             if self._dispatcher is None:
-                from service.dispatch import Dispatcher
+                from service.jobs.dispatch import Dispatcher
 
                 self._dispatcher = Dispatcher(self.db, self.config, self.completions)
             return self._dispatcher

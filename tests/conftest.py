@@ -20,9 +20,9 @@ import requests
 from werkzeug import serving
 
 import settings
-from service import create_app
-from service.demo_models import ensure_demo_models, model_limits
-from service.embedded_db import EmbeddedDatabase
+from service.app import create_app
+from service.demo.models import ensure_demo_models, model_limits
+from service.store.embedded_db import EmbeddedDatabase
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DB_NAME = "sibyl_test"

@@ -5,7 +5,7 @@ from datetime import timedelta
 import mongomock
 import pytest
 
-from service.claims import JobQueue, utcnow
+from service.jobs.claims import JobQueue, utcnow
 
 
 @pytest.fixture

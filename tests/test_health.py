@@ -2,7 +2,7 @@
 
 import pytest
 
-from service.embedded_db import EmbeddedDatabase
+from service.store.embedded_db import EmbeddedDatabase
 
 # Give up on an unreachable database after half a second.
 FAST_TIMEOUT = {"MONGO_OPTIONS": {"serverSelectionTimeoutMS": 500, "connectTimeoutMS": 500}}

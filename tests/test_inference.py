@@ -7,7 +7,7 @@ import pytest
 from conftest import upload_model
 from model_builders import direct_outputs
 
-from service.demo_models import load_digits, load_iris
+from service.demo.models import load_digits, load_iris
 
 TOLERANCE = 1e-5
 

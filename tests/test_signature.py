@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from service.signature import InputError, check_inputs
+from service.registry.signature import InputError, check_inputs
 
 IRIS = [{"name": "measurements", "shape": [None, 4], "dtype": "float32"}]
 PAIR = [

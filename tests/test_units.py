@@ -4,7 +4,7 @@ import pytest
 
 from hooks.pagination import on_fetched_resource
 from run import redact
-from service.request_checks import nesting_exceeds
+from service.api.request_checks import nesting_exceeds
 
 
 @pytest.mark.parametrize(

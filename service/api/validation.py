@@ -7,7 +7,7 @@ from cerberus.schema import DefinitionSchema
 from eve.io.mongo import Validator
 from flask import current_app, g
 
-from service import model_files
+from service.registry import model_files
 
 
 class CheckedSchema(DefinitionSchema):

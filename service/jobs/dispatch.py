@@ -18,9 +18,9 @@ import time
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from service.claims import JobQueue
-from service.completions import Completions
-from service.engine import Engine, Job
+from service.jobs.claims import JobQueue
+from service.jobs.completions import Completions
+from service.jobs.engine import Engine, Job
 
 log = logging.getLogger(__name__)
 

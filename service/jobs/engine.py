@@ -18,10 +18,10 @@ from bson import ObjectId
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
-from service import model_store
-from service.claims import JobQueue, utcnow
-from service.completions import Completions
-from service.signature import InputError, check_inputs
+from service.jobs.claims import JobQueue, utcnow
+from service.jobs.completions import Completions
+from service.registry import model_store
+from service.registry.signature import InputError, check_inputs
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class ModelCache:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-            from service.runtime import CompiledModel  # TensorFlow loads here, once
+            from service.registry.runtime import CompiledModel  # TensorFlow loads here, once
 
             path = model_store.local_copy(self.db, model, self.cache_dir)
             compiled = CompiledModel(str(path), model["format"])

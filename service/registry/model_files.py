@@ -2,7 +2,7 @@
 
 A file is first sniffed here without loading anything (HDF5, pickles, foreign
 zips and oversized files are refused at once); a plausible one is loaded by
-`python -m service.inspect_model` under a time limit and an address-space cap.
+`python -m service.registry.inspect_model` under a time limit and an address-space cap.
 """
 
 import json
@@ -13,7 +13,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # where `python -m service...` runs
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
 
@@ -87,7 +87,7 @@ def inspect_in_child(path: Path, model_format: str, timeout_s: float, memory_mb:
 
     try:
         finished = subprocess.run(
-            [sys.executable, "-m", "service.inspect_model", model_format, str(path)],
+            [sys.executable, "-m", "service.registry.inspect_model", model_format, str(path)],
             cwd=ROOT,
             capture_output=True,
             text=True,

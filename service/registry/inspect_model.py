@@ -1,9 +1,9 @@
 """Child-process entry point that loads an uploaded model and prints its signature.
 
-    python -m service.inspect_model FORMAT PATH
+    python -m service.registry.inspect_model FORMAT PATH
 
 Uploaded models are programs: they are opened here, in a process of their own
-with a time and memory limit (service/model_files.py sets them), never in the API.
+with a time and memory limit (service/registry/model_files.py sets them), never in the API.
 Prints one JSON line: {"signature": {...}} or {"error": "..."}.
 """
 
@@ -13,7 +13,7 @@ import sys
 
 def inspect(model_format: str, path: str) -> dict:
     """Load the model, check it can be served, and describe its tensors."""
-    from service.runtime import CompiledModel, ModelLoadError
+    from service.registry.runtime import CompiledModel, ModelLoadError
 
     try:
         model = CompiledModel(path, model_format)

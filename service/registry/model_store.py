@@ -16,7 +16,7 @@ from bson import ObjectId
 from pymongo import ReturnDocument
 from pymongo.database import Database
 
-from service import model_files
+from service.registry import model_files
 
 FILE_SUFFIX = {"keras": ".keras", "savedmodel": ".zip"}
 

@@ -1,8 +1,8 @@
 """The demo models: an iris classifier and a digits classifier, trained at first start.
 
-    python -m service.demo_models    (run.py serve runs it on an empty database)
+    python -m service.demo.models    (run.py serve runs it on an empty database)
 
-Both train in seconds on data shipped in service/demo_data/, deterministically,
+Both train in seconds on data shipped in service/demo/data/, deterministically,
 and are registered like an upload (inspected in a sandboxed child first).
 """
 
@@ -18,11 +18,11 @@ import numpy as np
 import pymongo
 
 import settings
-from service import model_store
+from service.registry import model_store
 
 log = logging.getLogger("sibyl.demo")
 
-DATA = Path(__file__).resolve().parent / "demo_data"
+DATA = Path(__file__).resolve().parent / "data"
 IRIS_LABELS = ["setosa", "versicolor", "virginica"]
 DIGIT_LABELS = [str(digit) for digit in range(10)]
 

@@ -1,0 +1,1 @@
+"""The demo models (iris, digits) and the data they are trained on."""

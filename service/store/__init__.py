@@ -1,0 +1,1 @@
+"""Data: the owner-scoped access layer, Eve's Mongo layer, media storage, the embedded database."""
