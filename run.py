@@ -101,6 +101,9 @@ def serve(args: argparse.Namespace) -> None:
         # Requests may hold up to ?wait= seconds for a job to finish.
         "timeout": 120,
         "graceful_timeout": 10,
+        # Gunicorn's request line limit is at most 8190 bytes (an HTML error past
+        # it), or 0, unlimited: the app answers a JSON 414 past SIBYL_MAX_URL_BYTES.
+        "limit_request_line": 0,
         "errorlog": "-",
         "loglevel": "info",
         "post_worker_init": warm_up,
@@ -125,6 +128,7 @@ def worker(args: argparse.Namespace) -> None:
     """Run queued jobs until SIGTERM or Ctrl-C, then finish the batch at hand."""
     from service.config import load_settings
     from service.jobs.dispatch import Worker
+    from service.store.access import Store
 
     mongo_uri = settings.MONGO_URI
     if not mongo_uri:
@@ -135,7 +139,7 @@ def worker(args: argparse.Namespace) -> None:
             )
         mongo_uri = EMBEDDED_URI_FILE.read_text().strip()
     log.info("worker on %s", redact(mongo_uri))
-    runner = Worker(database_of(mongo_uri), load_settings())
+    runner = Worker(Store(database_of(mongo_uri)), load_settings())
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: runner.stop())
     runner.run_forever()

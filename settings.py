@@ -37,9 +37,28 @@ MONGO_DBNAME = os.environ.get("SIBYL_DB_NAME", "sibyl")
 # Fail fast when the database is unreachable, so clients get a 503 in about a
 # second instead of hanging for PyMongo's default 30 s.
 DB_TIMEOUT_MS = _int("SIBYL_DB_TIMEOUT_MS", 2000)
+# The write concern of every write Sibyl makes, so that a 201 means the job is in
+# the database's journal on disk and survives a crash of the database. With w:1
+# alone, MongoDB and SecantusDB acknowledge a write before its journal record is
+# on disk: a database killed then loses the last acknowledged jobs (3 of 1,979
+# when one was SIGKILLed under load). SecantusDB journals a write only when it
+# carries j:true, even with w:"majority" (MongoDB journals majority writes by
+# default), so the journal is always asked for explicitly.
+#   journaled: w:1, j:true (one server, the embedded database)
+#   majority:  w:"majority", j:true (a replica set: also survives losing the primary)
+#   w1:        w:1 without journal (faster; a database crash loses recent 201s)
+# Spelt as MongoClient options; MONGO_WRITE_CONCERN below hands it to Eve.
+WRITE_CONCERN = _choice("SIBYL_WRITE_CONCERN", "journaled", ("journaled", "majority", "w1"))
+MONGO_WRITE_CONCERN = {
+    "journaled": {"w": 1, "journal": True},
+    "majority": {"w": "majority", "journal": True},
+    "w1": {"w": 1},
+}[WRITE_CONCERN]
 MONGO_OPTIONS = {
     "serverSelectionTimeoutMS": DB_TIMEOUT_MS,
     "connectTimeoutMS": DB_TIMEOUT_MS,
+    # The default of every client built from these: Eve's, run.py's, workers'.
+    **MONGO_WRITE_CONCERN,
 }
 # Embedded database (used only when MONGO_URI is unset).
 EMBEDDED_DB_PATH = os.environ.get("SIBYL_DB_PATH", "var/db")
@@ -55,6 +74,9 @@ MAX_CONTENT_LENGTH = _int("SIBYL_MAX_CONTENT_LENGTH", 8 * 1024 * 1024)
 # JSON nested deeper than this is refused with a 400: no tensor needs more, and
 # Python's parser would otherwise raise RecursionError (a 500) on deep arrays.
 MAX_JSON_DEPTH = _int("SIBYL_MAX_JSON_DEPTH", 32)
+# URLs (path and query string) longer than this get a JSON 414. A `where` with
+# the `$in` of a thousand ObjectIds fits; gunicorn's own limit is lifted (run.py).
+MAX_URL_BYTES = _int("SIBYL_MAX_URL_BYTES", 64 * 1024)
 
 # --- Eve ------------------------------------------------------------------
 API_VERSION = "v1"
@@ -66,8 +88,11 @@ PAGINATION_LIMIT = _int("SIBYL_PAGE_LIMIT", 500)
 # Counting matching documents costs a scan; list endpoints skip it. Clients page
 # with the `next` link until it is absent.
 OPTIMIZE_PAGINATION_FOR_SPEED = True
-# Answer errors as JSON for these codes too (Eve's list lacks 413/500/503).
-STANDARD_ERRORS = [400, 401, 403, 404, 405, 406, 409, 410, 412, 413, 422, 428, 429, 500, 503]
+# Answer errors as JSON for these codes too (Eve's list lacks 413/414/500/503).
+STANDARD_ERRORS = [400, 401, 403, 404, 405, 406, 409, 410, 412, 413, 414, 422, 428, 429, 500, 503]
+# Operators refused in `where`: server-side JavaScript, and regexes (which can be
+# made to run for minutes).
+MONGO_QUERY_BLACKLIST = ["$where", "$function", "$accumulator", "$regex"]
 # Stale writes are refused: PATCH and DELETE need the item's current ETag.
 IF_MATCH = True
 ENFORCE_IF_MATCH = True

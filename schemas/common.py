@@ -1,6 +1,7 @@
 """Schema fragments shared by the resources: statuses, owner, tags, tensors."""
 
 JOB_STATUSES = ["queued", "running", "succeeded", "failed"]
+ACTIVE_STATUSES = ["queued", "running"]
 FINISHED_STATUSES = ["succeeded", "failed"]
 MODEL_STATUSES = ["ready", "rejected"]
 
@@ -13,10 +14,12 @@ READONLY_DATETIME = {"type": "datetime", "readonly": True, "nullable": True}
 # analysts can filter them (`where={"tags.experiment": "a"}`).
 TAGS = {"type": "dict", "default": {}, "allow_unknown": True}
 
-# A model name as used in URLs and in `name@version` references.
+# A model name as used in URLs and in `name@version` references; never 24 hex
+# digits, which a job reads as a model id (service/api/validation.py).
 MODEL_NAME = {
     "type": "string",
     "regex": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+    "not_a_model_id": True,
     "required": True,
 }
 

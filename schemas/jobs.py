@@ -5,9 +5,13 @@ from schemas.common import JOB_STATUSES, OWNER, READONLY_DATETIME, READONLY_INT,
 JOBS = {
     "item_title": "job",
     "resource_methods": ["GET", "POST"],
-    # PATCH changes tags only (hooks/jobs.py refuses the rest); DELETE is
-    # refused while the job is queued or running.
+    # POST goes to the job service (service/api/jobs.py). PATCH changes tags only;
+    # DELETE is refused while the job is queued or running.
     "item_methods": ["GET", "PATCH", "DELETE"],
+    # A PATCH of tags replaces them (and they are carried onto the job's predictions).
+    "merge_nested_documents": False,
+    # The answer to a POST shows where the job stands and what it runs on.
+    "extra_response_fields": ["status", "model_ref"],
     "schema": {
         # As submitted: "iris", "iris@2" or a model id.
         "model": {"type": "string", "required": True, "empty": False, "maxlength": 100},

@@ -3,7 +3,7 @@
 from eve import Eve
 
 import hooks
-from service.api import errors, request_checks
+from service.api import errors, jobs, request_checks
 from service.api.health import health
 from service.api.validation import SibylValidator
 from service.config import load_settings
@@ -32,5 +32,6 @@ def create_app(overrides: dict | None = None) -> Eve:
     request_checks.register(app)
     media.register(app)
     hooks.register(app)
+    jobs.register(app)
     app.register_blueprint(health, url_prefix=app.api_prefix)
     return app

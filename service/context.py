@@ -1,14 +1,17 @@
-"""What the hooks need beyond Eve, one per app: the database, waiters, the dispatcher."""
+"""What the hooks and routes need beyond Eve, one per app: the store, the job service,
+waiters, the dispatcher."""
 
 import logging
 import threading
 
 from eve import Eve
 from flask import current_app
-from pymongo.database import Database
 
 from service.jobs.completions import Completions
+from service.jobs.events import JobEvents
+from service.jobs.service import JobService
 from service.registry.model_store import ModelLookup
+from service.store.access import SYSTEM, Store
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +23,19 @@ class Sibyl:
         self.config = app.config
         # Eve's own client, reused outside requests (the dispatcher thread).
         with app.app_context():
-            self.db: Database = app.data.driver.db
-        self.completions = Completions()
-        self.models = ModelLookup(self.db, app.config["MODEL_LOOKUP_TTL_S"])
+            self.store = Store(app.data.driver.db, SYSTEM)
+        self.events = JobEvents()
+        self.completions = Completions(self.events)
+        self.models = ModelLookup(self.store, app.config["MODEL_LOOKUP_TTL_S"])
         self._dispatcher = None
         self._lock = threading.Lock()
+        self.jobs = JobService(
+            self.store,
+            self.models,
+            self.config,
+            self.completions,
+            lambda: self.dispatcher if self.runs_jobs else None,
+        )
 
     @property
     def runs_jobs(self) -> bool:
@@ -36,7 +47,7 @@ class Sibyl:
             if self._dispatcher is None:
                 from service.jobs.dispatch import Dispatcher
 
-                self._dispatcher = Dispatcher(self.db, self.config, self.completions)
+                self._dispatcher = Dispatcher(self.store, self.config, self.completions)
             return self._dispatcher
 
     def warm_up(self) -> None:
@@ -48,7 +59,7 @@ class Sibyl:
     def _load_newest_models(self) -> None:
         engine = self.dispatcher.engine
         newest: dict[str, dict] = {}
-        for model in self.db.models.find({"status": "ready"}).sort("version", -1):
+        for model in self.store.models.find({"status": "ready"}).sort("version", -1):
             newest.setdefault(model["name"], model)
         for model in list(newest.values())[: self.config["MODEL_CACHE_SIZE"]]:
             try:

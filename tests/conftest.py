@@ -166,6 +166,17 @@ def wait_until_idle(db: pymongo.database.Database, timeout: float = 60.0) -> Non
         time.sleep(0.05)
 
 
+def job_queue(
+    db: pymongo.database.Database, worker_id: str, lease_seconds: float = 30, max_attempts: int = 3
+):
+    """A JobQueue on db for one runner identity: the tests' only way to build one,
+    so a change of its constructor is a fix here."""
+    from service.jobs.claims import JobQueue
+    from service.store.access import Store
+
+    return JobQueue(Store(db), worker_id, lease_seconds, max_attempts)
+
+
 @pytest.fixture
 def queue_api(queueing_server, queue_db) -> Api:
     """An HTTP client of an app whose jobs stay queued."""

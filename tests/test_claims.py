@@ -1,16 +1,12 @@
-"""Claims and leases of the job queue (unit tests: mongomock, no server needed)."""
+"""Claims and leases of the job queue, against the session's real database server."""
 
+import random
+import threading
 from datetime import timedelta
 
-import mongomock
-import pytest
+from conftest import job_queue
 
-from service.jobs.claims import JobQueue, utcnow
-
-
-@pytest.fixture
-def mock_db():
-    return mongomock.MongoClient(tz_aware=True).db
+from service.jobs.claims import utcnow
 
 
 def queue_jobs(db, count: int) -> list:
@@ -22,86 +18,118 @@ def queue_jobs(db, count: int) -> list:
     return db.jobs.insert_many(jobs).inserted_ids
 
 
-def test_a_job_is_claimed_once(mock_db):
-    ids = queue_jobs(mock_db, 3)
-    first = JobQueue(mock_db, "w1", lease_seconds=30, max_attempts=3)
-    second = JobQueue(mock_db, "w2", lease_seconds=30, max_attempts=3)
+def expire_lease(db, job_id) -> None:
+    db.jobs.update_one({"_id": job_id}, {"$set": {"lease.until": utcnow() - timedelta(seconds=1)}})
+
+
+def test_a_job_is_claimed_once(db):
+    ids = queue_jobs(db, 3)
+    first = job_queue(db, "w1")
+    second = job_queue(db, "w2")
     token, claimed = first.claim(ids[:2])
     assert claimed == ids[:2]
     other_token, other_claimed = second.claim(ids)
     assert other_claimed == [ids[2]]
-    job = mock_db.jobs.find_one({"_id": ids[0]})
+    job = db.jobs.find_one({"_id": ids[0]})
     assert job["status"] == "running"
     assert job["attempts"] == 1
     assert job["lease"]["worker"] == "w1" and job["lease"]["token"] == token
 
 
-def test_a_stale_worker_cannot_complete_a_reclaimed_job(mock_db):
-    (job_id,) = queue_jobs(mock_db, 1)
-    stale = JobQueue(mock_db, "stale", lease_seconds=30, max_attempts=3)
-    fresh = JobQueue(mock_db, "fresh", lease_seconds=30, max_attempts=3)
+def test_concurrent_claims_take_each_job_once(db):
+    """Runners racing for the same jobs over their own connections: no job is claimed twice."""
+    ids = queue_jobs(db, 60)
+    runners = 6
+    start = threading.Barrier(runners)
+    results: dict[str, list] = {}
+
+    def run(name: str) -> None:
+        queue = job_queue(db, name)
+        claimed = results.setdefault(name, [])
+        order = list(ids)
+        random.Random(name).shuffle(order)
+        start.wait()
+        # Small overlapping claims in each runner's own order: many races per job.
+        for position in range(0, len(order), 3):
+            claimed += queue.claim(order[position : position + 6])[1]
+
+    threads = [threading.Thread(target=run, args=(f"w{i}",)) for i in range(runners)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    claimed_by = {}
+    for name, claimed in results.items():
+        for job_id in claimed:
+            assert job_id not in claimed_by, f"{job_id} claimed by {claimed_by[job_id]} and {name}"
+            claimed_by[job_id] = name
+    assert sorted(claimed_by) == sorted(ids)
+    for job in db.jobs.find():
+        assert job["status"] == "running" and job["attempts"] == 1
+        assert job["lease"]["worker"] == claimed_by[job["_id"]]
+
+
+def test_a_stale_worker_cannot_complete_a_reclaimed_job(db):
+    (job_id,) = queue_jobs(db, 1)
+    stale = job_queue(db, "stale")
+    fresh = job_queue(db, "fresh")
     old_token, _ = stale.claim([job_id])
-    mock_db.jobs.update_one(
-        {"_id": job_id}, {"$set": {"lease.until": utcnow() - timedelta(seconds=1)}}
-    )
+    expire_lease(db, job_id)
 
     assert fresh.requeue_expired() == 1
     new_token, claimed = fresh.claim([job_id])
     assert claimed == [job_id]
-    assert mock_db.jobs.find_one({"_id": job_id})["attempts"] == 2
+    assert db.jobs.find_one({"_id": job_id})["attempts"] == 2
 
     # The stale worker wakes up: none of its writes land.
     now = utcnow()
-    assert stale.succeed([(job_id, old_token, 1, now)], now) == set()
+    assert stale.succeed([(job_id, old_token, 1, 1, now)], now) == set()
     assert stale.extend(job_id, old_token, done=1, started_at=now) is False
     assert stale.fail_attempt(job_id, old_token, 1, "late") == ""
-    assert mock_db.jobs.find_one({"_id": job_id})["status"] == "running"
+    assert db.jobs.find_one({"_id": job_id})["status"] == "running"
 
-    assert fresh.succeed([(job_id, new_token, 1, now)], now) == {job_id}
-    job = mock_db.jobs.find_one({"_id": job_id})
+    assert fresh.succeed([(job_id, new_token, 1, 2, now)], now) == {job_id}
+    job = db.jobs.find_one({"_id": job_id})
     assert job["status"] == "succeeded" and job["lease"] is None
 
 
-def test_attempts_run_out(mock_db):
-    (job_id,) = queue_jobs(mock_db, 1)
-    mock_db.predictions.insert_one({"job": job_id, "index": 0})
-    queue = JobQueue(mock_db, "w", lease_seconds=30, max_attempts=2)
+def test_attempts_run_out(db):
+    (job_id,) = queue_jobs(db, 1)
+    db.predictions.insert_one({"job": job_id, "index": 0})
+    queue = job_queue(db, "w", max_attempts=2)
     token, _ = queue.claim([job_id])
     assert queue.fail_attempt(job_id, token, 1, "boom") == "queued"
     token, _ = queue.claim([job_id])
     assert queue.fail_attempt(job_id, token, 2, "boom") == "failed"
-    job = mock_db.jobs.find_one({"_id": job_id})
+    job = db.jobs.find_one({"_id": job_id})
     assert job["error"] == "failed after 2 attempts: boom"
-    assert mock_db.predictions.count_documents({}) == 0  # no partial results kept
+    assert db.predictions.count_documents({}) == 0  # no partial results kept
 
 
-def test_expired_lease_past_max_attempts_fails_the_job(mock_db):
-    (job_id,) = queue_jobs(mock_db, 1)
-    queue = JobQueue(mock_db, "w", lease_seconds=30, max_attempts=1)
+def test_expired_lease_past_max_attempts_fails_the_job(db):
+    (job_id,) = queue_jobs(db, 1)
+    queue = job_queue(db, "w", max_attempts=1)
     queue.claim([job_id])
-    mock_db.jobs.update_one(
-        {"_id": job_id}, {"$set": {"lease.until": utcnow() - timedelta(seconds=1)}}
-    )
+    expire_lease(db, job_id)
     queue.requeue_expired()
-    job = mock_db.jobs.find_one({"_id": job_id})
+    job = db.jobs.find_one({"_id": job_id})
     assert job["status"] == "failed"
     assert "lease expired: worker w stopped answering" in job["error"]
 
 
-def test_jobs_inserted_with_a_lease_are_nobody_elses(mock_db):
-    held, free = queue_jobs(mock_db, 2)
-    api = JobQueue(mock_db, "api", lease_seconds=30, max_attempts=3)
+def test_jobs_inserted_with_a_lease_are_nobody_elses(db):
+    held, free = queue_jobs(db, 2)
+    api = job_queue(db, "api")
     lease = api.new_lease()
-    mock_db.jobs.update_one({"_id": held}, {"$set": {"lease": lease, "attempts": 1}})
-    worker = JobQueue(mock_db, "worker", lease_seconds=30, max_attempts=3)
+    db.jobs.update_one({"_id": held}, {"$set": {"lease": lease, "attempts": 1}})
+    worker = job_queue(db, "worker")
     assert worker.queued(limit=10) == [free]
     assert worker.claim([held, free])[1] == [free]
 
     # The API process dies before running it: once the lease expires, it is free again.
-    mock_db.jobs.update_one(
-        {"_id": held}, {"$set": {"lease.until": utcnow() - timedelta(seconds=1)}}
-    )
+    expire_lease(db, held)
     assert worker.requeue_expired() == 1
     assert worker.queued(limit=10) == [held]
     assert worker.claim([held])[1] == [held]
-    assert mock_db.jobs.find_one({"_id": held})["attempts"] == 2
+    assert db.jobs.find_one({"_id": held})["attempts"] == 2

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from service.registry.signature import InputError, check_inputs
+from service.errors import InputError
+from service.registry.signature import check_inputs
 
 IRIS = [{"name": "measurements", "shape": [None, 4], "dtype": "float32"}]
 PAIR = [

@@ -1,11 +1,15 @@
-"""JSON errors of Sibyl's own: database outages as 503, and Eve-shaped 422s from hooks."""
+"""JSON errors in Eve's shape: domain errors (service/errors.py), database outages as 503,
+404s that say what was not found."""
 
-from typing import NoReturn
+import functools
+from collections.abc import Callable
 
 from eve.endpoints import error_endpoint
 from flask import Flask, Response, abort, current_app, json, request
-from pymongo.errors import ConnectionFailure
-from werkzeug.exceptions import NotFound, ServiceUnavailable
+from pymongo.errors import ConnectionFailure, OperationFailure
+from werkzeug.exceptions import BadRequest, NotFound, ServiceUnavailable
+
+from service.errors import InvalidField, JobsRejected, SibylError
 
 RETRY_AFTER_SECONDS = 5
 
@@ -13,6 +17,8 @@ RETRY_AFTER_SECONDS = 5
 def register(app: Flask) -> None:
     """Wire the error handlers into the app."""
     app.register_error_handler(ConnectionFailure, database_unavailable)
+    app.register_error_handler(OperationFailure, query_refused)
+    app.register_error_handler(SibylError, domain_error)
     app.register_error_handler(404, not_found)
 
 
@@ -40,20 +46,66 @@ def database_unavailable(error: ConnectionFailure):
     return response
 
 
-def unprocessable(issues: list[tuple[int, str, str]], bulk: bool) -> NoReturn:
-    """Abort with a 422 in Eve's shape: `_issues` per field, `_items` for a bulk POST.
+# MongoDB's codes for a query it cannot run as written: BadValue, FailedToParse,
+# TypeMismatch, IndexNotFound ($text without a text index), InvalidOptions,
+# NoQueryExecutionPlans ($near without a geo index).
+QUERY_ERROR_CODES = {2, 9, 14, 27, 72, 291}
+
+
+def query_refused(error: OperationFailure):
+    """A read whose filter MongoDB refuses (`{"$in": 5}`) is the client's 400, saying why.
+
+    Other database failures, and any of a write, stay server errors.
+    """
+    if request.method not in ("GET", "HEAD") or error.code not in QUERY_ERROR_CODES:
+        raise error
+    reason = (error.details or {}).get("errmsg") or str(error)
+    return error_endpoint(BadRequest(description=f"the database refused the query: {reason}"))
+
+
+def as_http_errors(hook: Callable) -> Callable:
+    """An Eve hook whose domain errors reach the client as themselves.
+
+    Eve turns any exception a hook raises into a 400, except HTTP exceptions:
+    a domain error is rendered here and raised as one.
+    """
+
+    @functools.wraps(hook)
+    def call(*args, **kwargs):
+        try:
+            return hook(*args, **kwargs)
+        except SibylError as error:
+            abort(domain_error(error))
+
+    return call
+
+
+def domain_error(error: SibylError) -> Response:
+    """A domain error in Eve's error shape, with its status."""
+    body: dict = {"_status": "ERR", "_error": {"code": error.status, "message": error.message}}
+    if isinstance(error, InvalidField) and error.field:
+        body["_issues"] = {error.field: error.message}
+    if isinstance(error, JobsRejected):
+        body.update(
+            rejected_body(error.issues, bulk=isinstance(request.get_json(silent=True), list))
+        )
+    return Response(json.dumps(body), error.status, mimetype="application/json")
+
+
+def rejected_body(issues: list[tuple[int, str, str]], bulk: bool) -> dict:
+    """Eve's shape of a refused POST: `_issues` per field, and `_items` for a bulk POST.
 
     issues are (position in the request, field, message).
     """
-    first_message = issues[0][2]
-    body: dict = {"_status": "ERR", "_error": {"code": 422, "message": first_message}}
-    if bulk:
-        count = max(position for position, _, _ in issues) + 1
-        items: list[dict] = [{"_status": "OK"} for _ in range(count)]
-        for position, field, message in issues:
-            items[position] = {"_status": "ERR", "_issues": {field: message}}
-        body["_items"] = items
-        body["_error"]["message"] = f"job {issues[0][0]}: {first_message}"
-    else:
-        body["_issues"] = {field: message for _, field, message in issues}
-    abort(Response(json.dumps(body), 422, mimetype="application/json"))
+    position, _, first_message = issues[0]
+    if not bulk:
+        return {"_issues": {field: message for _, field, message in issues}}
+    count = max(position for position, _, _ in issues) + 1
+    items: list[dict] = [{"_status": "OK"} for _ in range(count)]
+    for at, field, message in issues:
+        items[at].setdefault("_issues", {})[field] = message
+        items[at]["_status"] = "ERR"
+    return {
+        "_items": items,
+        "_error": {"code": 422, "message": f"job {position}: {first_message}"},
+    }

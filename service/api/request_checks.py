@@ -1,32 +1,89 @@
-"""Requests checked before Eve handles them, so that every bad one gets a precise 400.
+"""Requests checked before Eve handles them, so that every bad one gets a precise 4xx.
 
 Eve hides why it refuses a query or a body unless DEBUG is on ("The browser (or
 proxy) sent a request that this server could not understand."); these checks
-say what is wrong first. They also set the body limit of model uploads.
+say what is wrong first. They also set the body limit of model uploads, and
+enforce URL and body limits with JSON errors.
 """
 
 import ast
 import json
+import math
+import re
 
+from eve.io.mongo.mongo import Mongo
 from eve.io.mongo.parser import ParseError, parse
-from flask import Flask, Request, abort, current_app, request
-from werkzeug.exceptions import BadRequest
+from flask import Flask, Request, Response, abort, current_app, request
+from flask import json as flask_json
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
+from werkzeug.utils import cached_property
+from werkzeug.wsgi import LimitedStream
+
+# page and max_results: ASCII digits (str.isdigit takes "²"), a bound Eve's
+# arithmetic and MongoDB's 64-bit skip are safe with.
+MAX_PAGE_ARG = 1_000_000_000
+WHOLE_NUMBER = re.compile(r"[0-9]{1,10}")
+
+# Python's JSON parser takes NaN, Infinity (and 1e400, which is infinite) and
+# integers of any size; MongoDB takes no integer beyond 64 bits, and a stored
+# NaN could never be answered as JSON again.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+NOT_FINITE = "NaN and Infinity are not allowed (nor numbers beyond ±1.8e308)"
+OUT_OF_RANGE = "integer out of the 64-bit range MongoDB takes"
 
 
 class SibylRequest(Request):
-    """Flask's request, saying what is wrong with a malformed JSON body."""
+    """Flask's request, saying what is wrong with a malformed or too large body."""
 
     def on_json_loading_failed(self, e: ValueError | None):
         if e is None:
             return super().on_json_loading_failed(e)
         raise BadRequest(description=f"malformed JSON body: {e}")
 
+    @cached_property
+    def stream(self):
+        """A body without Content-Length (chunked) past max_content_length is a 413.
+
+        Werkzeug stops reading such a body at the limit without a word: a too large
+        chunked JSON body looked cut ("malformed JSON at char 8388608").
+        """
+        limit = self.max_content_length
+        if (
+            self.content_length is None
+            and limit is not None
+            and "wsgi.input_terminated" in self.environ
+        ):
+            return BodyLimit(self.environ["wsgi.input"], limit)
+        return super().stream
+
+
+class BodyLimit(LimitedStream):
+    """Read up to limit bytes; the body's next byte raises RequestEntityTooLarge."""
+
+    def __init__(self, stream, limit: int):
+        super().__init__(stream, limit + 1, is_max=True)
+
+    def readinto(self, b) -> int | None:
+        size = super().readinto(b)
+        if self.is_exhausted:
+            raise RequestEntityTooLarge(f"the body is larger than {self.limit - 1} bytes")
+        return size
+
 
 def register(app: Flask) -> None:
     app.request_class = SibylRequest
+    app.before_request(check_url_length)
     app.before_request(allow_model_uploads)
     app.before_request(check_json_body)
     app.before_request(check_query_args)
+
+
+def check_url_length() -> None:
+    """A JSON 414 past MAX_URL_BYTES (gunicorn's own, HTML, limit is lifted in run.py)."""
+    limit = current_app.config["MAX_URL_BYTES"]
+    size = len(request.path) + len(request.query_string)
+    if size > limit:
+        abort(414, description=f"the URL has {size} bytes; at most {limit} are accepted")
 
 
 def allow_model_uploads() -> None:
@@ -36,7 +93,8 @@ def allow_model_uploads() -> None:
 
 
 def check_json_body() -> None:
-    """Parse JSON bodies early: refuse too-deep nesting with a 400 before Eve sees them."""
+    """Parse JSON bodies early: refuse too-deep nesting with a 400, and numbers MongoDB
+    cannot store with a 422, before Eve sees them."""
     if request.method not in ("POST", "PUT", "PATCH"):
         return
     if request.mimetype not in current_app.config["JSON_REQUEST_CONTENT_TYPES"]:
@@ -56,6 +114,58 @@ def check_json_body() -> None:
             abort(400, description="a bulk POST is a list of JSON objects")
     elif not isinstance(body, dict):
         abort(400, description="the JSON body must be an object (or, to POST many, a list of them)")
+    documents = body if isinstance(body, list) else [body]
+    issues = []
+    for position, document in enumerate(documents):
+        found = unstorable_number(document)
+        if found:
+            path, reason = found
+            issues.append((position, path[0], f"{json_path(path)}: {reason}"))
+    if issues:
+        abort(unprocessable(issues, len(documents) if isinstance(body, list) else 0))
+
+
+def unstorable_number(value) -> tuple[tuple, str] | None:
+    """The path to a number in a parsed JSON value that cannot be stored, and why."""
+    if not isinstance(value, (dict, list)):
+        return None
+    stack = [(value, ())]
+    while stack:
+        node, path = stack.pop()
+        for key, child in node.items() if isinstance(node, dict) else enumerate(node):
+            kind = type(child)
+            if kind is float and not math.isfinite(child):
+                return (*path, key), NOT_FINITE
+            if kind is int and not INT64_MIN <= child <= INT64_MAX:
+                return (*path, key), OUT_OF_RANGE
+            if kind is dict or kind is list:
+                stack.append((child, (*path, key)))
+    return None
+
+
+def json_path(path: tuple) -> str:
+    """`tags.x`, `inputs[1][2]`: where a value is in a document."""
+    text = ""
+    for key in path:
+        text += f"[{key}]" if isinstance(key, int) else f".{key}" if text else key
+    return text
+
+
+def unprocessable(issues: list[tuple[int, str, str]], bulk_size: int) -> Response:
+    """A 422 in Eve's shape: `_issues` per field, and `_items` for a bulk POST (bulk_size > 0).
+
+    issues are (position in the request, top-level field, message).
+    """
+    position, _, message = issues[0]
+    body: dict = {"_status": "ERR", "_error": {"code": 422, "message": message}}
+    if bulk_size:
+        body["_error"]["message"] = f"document {position}: {message}"
+        body["_items"] = [{"_status": "OK"} for _ in range(bulk_size)]
+        for at, field, text in issues:
+            body["_items"][at] = {"_status": "ERR", "_issues": {field: text}}
+    else:
+        body["_issues"] = {field: text for _, field, text in issues}
+    return Response(flask_json.dumps(body), 422, mimetype="application/json")
 
 
 def nesting_exceeds(value, limit: int) -> bool:
@@ -80,7 +190,10 @@ def check_query_args() -> None:
         return
     args = request.args
     if "where" in args:
-        check_where(args["where"], current_app.config["MONGO_QUERY_BLACKLIST"])
+        resource = current_app.config["DOMAIN"].get((request.endpoint or "").partition("|")[0])
+        whitelist = (resource or {}).get("mongo_query_whitelist", [])
+        allowed = Mongo.operators | set(whitelist)
+        check_where(args["where"], current_app.config["MONGO_QUERY_BLACKLIST"], allowed)
     if "projection" in args:
         projection = _json_object("projection", args["projection"])
         if any(value not in (0, 1) for value in projection.values()):
@@ -88,12 +201,18 @@ def check_query_args() -> None:
     if "sort" in args:
         check_sort(args["sort"])
     for name in ("page", "max_results"):
-        if name in args and not (args[name].isdigit() and int(args[name]) > 0):
-            abort(400, description=f"{name} must be a positive whole number, got {args[name]!r}")
+        raw = args.get(name)
+        if raw is not None and not (WHOLE_NUMBER.fullmatch(raw) and 0 < int(raw) <= MAX_PAGE_ARG):
+            abort(
+                400,
+                description=f"{name} must be a positive whole number up to {MAX_PAGE_ARG}, "
+                f"got {raw!r}",
+            )
 
 
-def check_where(raw: str, banned: list[str]) -> None:
-    """A MongoDB filter as a JSON object (or Eve's Python-like syntax), no banned operator."""
+def check_where(raw: str, banned: list[str], allowed: set[str]) -> None:
+    """A MongoDB filter as a JSON object (or Eve's Python-like syntax): no banned or unknown
+    operator (Eve refuses them without saying which), no number MongoDB cannot take."""
     try:
         query = json.loads(raw)
     except ValueError as error:
@@ -103,9 +222,20 @@ def check_where(raw: str, banned: list[str]) -> None:
             abort(400, description=f"where: not a JSON object ({error})")
     if not isinstance(query, dict):
         abort(400, description='where: must be a JSON object, like {"label": "setosa"}')
-    found = _operators(query) & set(banned)
+    keys = _keys(query)
+    if "" in keys:
+        abort(400, description="where: an empty field name")
+    operators = {key for key in keys if key.startswith("$")}
+    found = operators & set(banned)
     if found:
         abort(400, description=f"where: the operator {', '.join(sorted(found))} is not allowed")
+    unknown = operators - allowed
+    if unknown:
+        abort(400, description=f"where: unknown operator {', '.join(sorted(unknown))}")
+    number = unstorable_number(query)
+    if number:
+        path, reason = number
+        abort(400, description=f"where: {json_path(path)}: {reason}")
 
 
 def check_sort(raw: str) -> None:
@@ -134,14 +264,14 @@ def _json_object(name: str, raw: str) -> dict:
     return value
 
 
-def _operators(value) -> set[str]:
-    """Every $-key anywhere in a query."""
+def _keys(value) -> set[str]:
+    """Every key anywhere in a query."""
     found: set[str] = set()
     stack = [value]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
-            found |= {key for key in node if isinstance(key, str) and key.startswith("$")}
+            found |= {key for key in node if isinstance(key, str)}
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)

@@ -3,9 +3,10 @@
 import tempfile
 from pathlib import Path
 
+from bson import ObjectId
 from cerberus.schema import DefinitionSchema
 from eve.io.mongo import Validator
-from flask import current_app, g
+from flask import current_app, g, has_app_context
 
 from service.registry import model_files
 
@@ -27,16 +28,19 @@ class CheckedSchema(DefinitionSchema):
         return clone
 
 
-# Resource schema dict id -> (the dict, its CheckedSchema).
-_CHECKED_SCHEMAS: dict[int, tuple[dict, CheckedSchema]] = {}
+# Where each app keeps its checked schemas: app.extensions[CHECKED_SCHEMAS] maps a
+# resource schema's id() to (that schema, its CheckedSchema). One entry per resource,
+# gone with the app.
+CHECKED_SCHEMAS = "sibyl.checked_schemas"
 
 
 class SibylValidator(Validator):
-    """Eve's validator plus `model_file`: an upload must be a model Sibyl can serve.
+    """Eve's validator plus `model_file` (an upload must be a model Sibyl can serve) and
+    `not_a_model_id`.
 
     Eve builds a validator per request, and Cerberus then checks the resource's
     schema definition again, field by field, hashing it: about a fifth of a job
-    POST's CPU. Here each resource schema is checked once and reused.
+    POST's CPU. Here each resource schema is checked once per app and reused.
     """
 
     @property
@@ -48,11 +52,21 @@ class SibylValidator(Validator):
         if not isinstance(schema, dict) or self.is_child:
             Validator.schema.fset(self, schema)
             return
-        checked = _CHECKED_SCHEMAS.get(id(schema))
+        cache = current_app.extensions.setdefault(CHECKED_SCHEMAS, {}) if has_app_context() else {}
+        checked = cache.get(id(schema))
         if checked is None or checked[0] is not schema:
             checked = (schema, CheckedSchema(self, schema))
-            _CHECKED_SCHEMAS[id(schema)] = checked
+            cache[id(schema)] = checked
         self._schema = checked[1]
+
+    def _validate_not_a_model_id(self, constraint, field, value):
+        """Jobs read 24 hex digits as a model id: a model so named could never be used by name.
+
+        The rule's arguments are validated against this schema:
+        {'type': 'boolean'}
+        """
+        if constraint and isinstance(value, str) and len(value) == 24 and ObjectId.is_valid(value):
+            self._error(field, "a model name may not look like a model id (24 hex digits)")
 
     def _validate_model_file(self, constraint, field, value):
         """Load the uploaded model in a sandboxed child and keep its signature.

@@ -19,6 +19,7 @@ import pymongo
 
 import settings
 from service.registry import model_store
+from service.store.access import Store
 
 log = logging.getLogger("sibyl.demo")
 
@@ -111,7 +112,7 @@ def ensure_demo_models(db, limits: dict) -> list[str]:
             path = Path(workdir) / f"{name}.keras"
             accuracy = train(path)
             model = model_store.register(
-                db, name, path, labels=labels, description=description, limits=limits
+                Store(db), name, path, labels=labels, description=description, limits=limits
             )
         log.info(
             "registered demo model %s v%s (training accuracy %.3f)",
@@ -137,7 +138,7 @@ def main() -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    client = pymongo.MongoClient(os.environ["MONGO_URI"], tz_aware=True)
+    client = pymongo.MongoClient(os.environ["MONGO_URI"], tz_aware=True, **settings.MONGO_OPTIONS)
     db = client.get_default_database(settings.MONGO_DBNAME)
     ensure_demo_models(db, model_limits(settings))
 

@@ -1,21 +1,26 @@
-"""The job queue in MongoDB: atomic claims with leases, and every job state change.
+"""The job queue in MongoDB: every job state change, claims and leases.
 
 A job is either free (status "queued", no lease) or held by one runner through
 a lease {worker, token, until}. A claim takes free jobs in one update filtered
 on "queued and no lease", so two runners can never both hold a job, and counts
 an attempt. An API process running jobs itself inserts them already held
-(`new_lease`), which saves a claim per job. Every write that completes a job
+(`new_lease`), which saves a claim per job. Every write that changes a held job
 filters on the lease token, so a runner that wakes up after its lease expired
-and the job was claimed again cannot overwrite the newer attempt. This module
-is the only writer of job status after insertion.
+and the job was claimed again cannot overwrite the newer attempt.
+
+This module writes every field of a job's state: a new job's document
+(`new_job`), claims, progress, success, failure, requeueing, deletion; and it
+raises the job events (service/jobs/events.py) where a job ends.
 """
 
 import uuid
 from datetime import UTC, datetime, timedelta
 
 from bson import ObjectId
-from pymongo import UpdateOne
-from pymongo.database import Database
+
+from schemas.common import ACTIVE_STATUSES
+from service.jobs.events import JobEnded, JobEvents
+from service.store.access import Store
 
 
 def utcnow() -> datetime:
@@ -30,14 +35,59 @@ def changed(fields: dict, now: datetime) -> dict:
     return {"$set": {**fields, "_updated": now}, "$unset": {"_etag": ""}}
 
 
-class JobQueue:
-    """Claims and state transitions of jobs, for one worker identity."""
+def new_job(submitted: dict, model: dict, count: int, lease: dict | None, now: datetime) -> dict:
+    """A new job's document: what the client sent, and the state of a queued job.
 
-    def __init__(self, db: Database, worker_id: str, lease_seconds: float, max_attempts: int):
-        self.db = db
+    With a lease, the job is stored already held by the runner that will run it.
+    """
+    return {
+        "model": submitted["model"],
+        "inputs": submitted["inputs"],
+        "tags": submitted.get("tags") or {},
+        "model_ref": {"_id": model["_id"], "name": model["name"], "version": model["version"]},
+        "status": "queued",
+        "attempts": 1 if lease else 0,
+        "lease": lease,
+        "error": None,
+        "progress": {"done": 0, "total": count},
+        "queued_at": now,
+        "started_at": None,
+        "finished_at": None,
+        "_created": now,
+        "_updated": now,
+    }
+
+
+def succeeded_fields(count: int, attempts: int, started_at: datetime, now: datetime) -> dict:
+    """What a job's document says once it succeeded."""
+    return {
+        "status": "succeeded",
+        "attempts": attempts,
+        "progress": {"done": count, "total": count},
+        "started_at": started_at,
+        "finished_at": now,
+        "lease": None,
+        "error": None,
+        "_updated": now,
+    }
+
+
+class JobQueue:
+    """Claims and state changes of jobs, for one runner identity."""
+
+    def __init__(
+        self,
+        store: Store,
+        worker_id: str,
+        lease_seconds: float,
+        max_attempts: int,
+        events: JobEvents | None = None,
+    ):
+        self.store = store
         self.worker_id = worker_id
         self.lease = timedelta(seconds=lease_seconds)
         self.max_attempts = max_attempts
+        self.events = events or JobEvents()
 
     def new_lease(self) -> dict:
         """A lease for jobs this runner is about to insert and run itself."""
@@ -51,7 +101,7 @@ class JobQueue:
         now = utcnow()
         lease = {"worker": self.worker_id, "token": token, "until": now + self.lease}
         update = changed({"status": "running", "lease": lease, "started_at": now}, now)
-        result = self.db.jobs.update_many(
+        result = self.store.jobs.update_many(
             {"_id": {"$in": ids}, "status": "queued", "lease": None},
             {**update, "$inc": {"attempts": 1}},
         )
@@ -59,17 +109,17 @@ class JobQueue:
             return token, list(ids)
         if result.modified_count == 0:
             return token, []
-        mine = self.db.jobs.find({"_id": {"$in": ids}, "lease.token": token}, {"_id": 1})
+        mine = self.store.jobs.find({"_id": {"$in": ids}, "lease.token": token}, {"_id": 1})
         return token, [doc["_id"] for doc in mine]
 
     def claimed_documents(self, token: str, ids: list[ObjectId]) -> list[dict]:
         """The full documents of jobs this token holds."""
-        return list(self.db.jobs.find({"_id": {"$in": ids}, "lease.token": token}))
+        return list(self.store.jobs.find({"_id": {"$in": ids}, "lease.token": token}))
 
     def queued(self, limit: int) -> list[ObjectId]:
         """Ids of the oldest free jobs (index: status, _created)."""
         cursor = (
-            self.db.jobs.find({"status": "queued", "lease": None}, {"_id": 1})
+            self.store.jobs.find({"status": "queued", "lease": None}, {"_id": 1})
             .sort("_created", 1)
             .limit(limit)
         )
@@ -78,18 +128,22 @@ class JobQueue:
     def requeue_expired(self) -> int:
         """Free the jobs whose lease ran out, or fail them past MAX_ATTEMPTS."""
         now = utcnow()
-        expired = self.db.jobs.find(
-            {"status": {"$in": ["queued", "running"]}, "lease.until": {"$lt": now}},
+        expired_lease = {"lease.until": {"$lt": now}}
+        expired = self.store.jobs.find(
+            {"status": {"$in": ACTIVE_STATUSES}, **expired_lease},
             {"_id": 1, "attempts": 1, "lease": 1},
         ).limit(100)
-        changed = 0
+        count = 0
         for job in expired:
             message = f"lease expired: worker {job['lease']['worker']} stopped answering"
+            token = job["lease"]["token"]
+            # The lease must still be expired when the update lands: one
+            # extended in between stays with its holder.
             if job.get("attempts", 0) >= self.max_attempts:
-                changed += self._finish_failed(job["_id"], job["lease"]["token"], message)
+                count += self._finish_failed(job["_id"], token, message, expired_lease)
             else:
-                changed += self._requeue(job["_id"], job["lease"]["token"], message)
-        return changed
+                count += self._requeue(job["_id"], token, message, expired_lease)
+        return count
 
     def extend(self, job_id: ObjectId, token: str, done: int, started_at: datetime) -> bool:
         """Record progress of a running job and extend its lease; False if the lease was lost."""
@@ -102,45 +156,54 @@ class JobQueue:
         }
         return self._change_held(job_id, token, changed(fields, now)).matched_count == 1
 
-    def succeed(
-        self, jobs: list[tuple[ObjectId, str, int, datetime]], now: datetime
-    ) -> set[ObjectId]:
-        """Mark (id, token, instance count, started_at) jobs succeeded; return those still held.
+    def succeed(self, jobs: list, now: datetime) -> set[ObjectId]:
+        """Mark jobs succeeded; return the ids of those still held, whose success was written.
 
-        A job run in one batch goes from queued to succeeded directly.
+        jobs: the engine's jobs (id, token, count, attempts, started_at, tags). A job
+        run in one batch goes from queued to succeeded directly. A job whose tags
+        were replaced while it ran gets them carried onto its predictions first.
         """
         if not jobs:
             return set()
+        fields = {
+            job.id: succeeded_fields(job.count, job.attempts, job.started_at, now) for job in jobs
+        }
         updates = [
             (
-                {"_id": job_id, "lease.token": token},
-                changed(
-                    {
-                        "status": "succeeded",
-                        "progress": {"done": count, "total": count},
-                        "started_at": started_at,
-                        "finished_at": now,
-                        "lease": None,
-                        "error": None,
-                    },
-                    now,
-                ),
+                {"_id": job.id, "lease.token": job.token, "tags": job.tags},
+                changed(fields[job.id], now),
             )
-            for job_id, token, count, started_at in jobs
+            for job in jobs
         ]
         if len(updates) == 1:
-            result = self.db.jobs.update_one(*updates[0])
+            result = self.store.jobs.update_one(*updates[0])
         else:
-            operations = [UpdateOne(query, change) for query, change in updates]
-            result = self.db.jobs.bulk_write(operations, ordered=False)
-        if result.matched_count == len(jobs):
-            return {job_id for job_id, *_ in jobs}
-        # Some lease was lost: only report the jobs that really finished here.
-        ids = [job_id for job_id, *_ in jobs]
-        finished = self.db.jobs.find(
-            {"_id": {"$in": ids}, "status": "succeeded", "finished_at": now}, {"_id": 1}
-        )
-        return {doc["_id"] for doc in finished}
+            operations = [self.store.jobs.update_op(query, change) for query, change in updates]
+            result = self.store.jobs.bulk_write(operations, ordered=False)
+        succeeded, retagged = set(fields), []
+        if result.matched_count < len(jobs):
+            # A lease was lost, or tags were replaced meanwhile: look which.
+            succeeded = set()
+            by_id = {job.id: job for job in jobs}
+            for doc in self.store.jobs.find(
+                {"_id": {"$in": list(by_id)}},
+                {"status": 1, "finished_at": 1, "lease": 1, "tags": 1},
+            ):
+                job = by_id[doc["_id"]]
+                if doc["status"] == "succeeded" and doc.get("finished_at") == now:
+                    succeeded.add(job.id)
+                elif (doc.get("lease") or {}).get("token") == job.token:
+                    retagged.append((job, doc.get("tags") or {}))
+        tags = {job.id: job.tags for job in jobs}
+        for job_id in succeeded:
+            self.events.ended(
+                JobEnded(job_id, "succeeded", {**fields[job_id], "tags": tags[job_id]})
+            )
+        for job, new_tags in retagged:
+            self.store.predictions.update_many({"job": job.id}, {"$set": {"tags": new_tags}})
+            job.tags = new_tags
+            succeeded |= self.succeed([job], now)
+        return succeeded
 
     def fail_attempt(self, job_id: ObjectId, token: str, attempts: int, error: str) -> str:
         """After a failed attempt: requeue, or fail for good past MAX_ATTEMPTS.
@@ -152,19 +215,31 @@ class JobQueue:
             return "failed" if self._finish_failed(job_id, token, message) else ""
         return "queued" if self._requeue(job_id, token, error) else ""
 
-    def _requeue(self, job_id: ObjectId, token: str, error: str) -> int:
-        fields = {"status": "queued", "lease": None, "error": error}
-        return self._change_held(job_id, token, changed(fields, utcnow())).modified_count
+    def deleted(self, job_id: ObjectId) -> None:
+        """A finished job was deleted: its predictions go with it."""
+        self.store.predictions.delete_many({"job": job_id})
+        self.events.ended(JobEnded(job_id, "deleted"))
 
-    def _finish_failed(self, job_id: ObjectId, token: str, error: str) -> int:
+    def _requeue(self, job_id: ObjectId, token: str, error: str, condition=None) -> int:
+        fields = {"status": "queued", "lease": None, "error": error}
+        changed_count = self._change_held(
+            job_id, token, changed(fields, utcnow()), condition
+        ).modified_count
+        if changed_count:
+            self.events.requeued(job_id)
+        return changed_count
+
+    def _finish_failed(self, job_id: ObjectId, token: str, error: str, condition=None) -> int:
         now = utcnow()
         fields = {"status": "failed", "lease": None, "error": error, "finished_at": now}
-        result = self._change_held(job_id, token, changed(fields, now))
+        result = self._change_held(job_id, token, changed(fields, now), condition)
         if result.modified_count:
             # A failed job keeps no partial predictions: all or nothing.
-            self.db.predictions.delete_many({"job": job_id})
+            self.store.predictions.delete_many({"job": job_id})
+            self.events.ended(JobEnded(job_id, "failed", {**fields, "_updated": now}))
         return result.modified_count
 
-    def _change_held(self, job_id: ObjectId, token: str, update: dict):
-        """Apply an update to a job only while this token still holds it."""
-        return self.db.jobs.update_one({"_id": job_id, "lease.token": token}, update)
+    def _change_held(self, job_id: ObjectId, token: str, update: dict, condition=None):
+        """Apply an update to a job only while this token still holds it (and condition holds)."""
+        query = {"_id": job_id, "lease.token": token, **(condition or {})}
+        return self.store.jobs.update_one(query, update)

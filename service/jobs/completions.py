@@ -1,7 +1,9 @@
-"""Waiting for jobs to finish: `?wait=` on POST and GET /v1/jobs.
+"""Waiting for jobs to finish: what `?wait=` on POST and GET /v1/jobs holds on to.
 
-Jobs this process runs wake their waiters at once, predictions in hand; jobs run
-elsewhere (worker processes, another API process) are seen by polling MongoDB.
+Waiters subscribe to the job events of this process (service/jobs/events.py):
+jobs run here wake them at once, with the job's fields as written and, when this
+process stored every one of them, its predictions. Jobs run elsewhere (worker
+processes, another API process) are seen by polling MongoDB.
 """
 
 import threading
@@ -9,9 +11,10 @@ import time
 from dataclasses import dataclass, field
 
 from bson import ObjectId
-from pymongo.database import Database
 
 from schemas.common import FINISHED_STATUSES
+from service.jobs.events import JobEnded, JobEvents
+from service.store.access import Store
 
 POLL_START_S = 0.02
 POLL_MAX_S = 0.25
@@ -22,21 +25,27 @@ LOCAL_POLL_S = 1.0
 
 @dataclass
 class Waiter:
-    """One awaited job: set when it finishes here, with the predictions written here."""
+    """One awaited job, and what this process saw of its end."""
 
     event: threading.Event = field(default_factory=threading.Event)
     status: str | None = None
-    predictions: list[dict] = field(default_factory=list)
-    # The job's fields as written when it finished here; None if it finished elsewhere.
+    # The job's fields as written when it ended here; None if it ended elsewhere.
     fields: dict | None = None
+    # Its predictions as this process stored them, or None once that is not the
+    # whole truth (a retry, a row stored by another attempt, a lost lease): then
+    # the answer reads them back.
+    predictions: list[dict] | None = field(default_factory=list)
 
 
 class Completions:
     """The jobs some request in this process is waiting for."""
 
-    def __init__(self):
+    def __init__(self, events: JobEvents):
         self._lock = threading.Lock()
         self._waiters: dict[ObjectId, Waiter] = {}
+        self.events = events
+        events.on_ended(self._ended)
+        events.on_requeued(self.forget_predictions)
 
     @property
     def has_waiters(self) -> bool:
@@ -54,26 +63,29 @@ class Completions:
             for job_id in ids:
                 self._waiters.pop(job_id, None)
 
-    def add_prediction(self, document: dict) -> None:
-        waiter = self._waiters.get(document["job"])
-        if waiter is not None:
-            waiter.predictions.append(document)
+    def add_predictions(self, job_id: ObjectId, documents: list[dict]) -> None:
+        """Predictions of the job, exactly as this process just stored them."""
+        waiter = self._waiters.get(job_id)
+        if waiter is not None and waiter.predictions is not None:
+            waiter.predictions.extend(documents)
 
-    def restart(self, job_id: ObjectId) -> None:
-        """The job goes back to the queue: drop what its failed attempt wrote."""
+    def forget_predictions(self, job_id: ObjectId) -> None:
+        """What this process stored of the job is not all there is: read it back."""
         waiter = self._waiters.get(job_id)
         if waiter is not None:
-            waiter.predictions.clear()
+            waiter.predictions = None
 
-    def finish(self, job_id: ObjectId, status: str, fields: dict | None = None) -> None:
-        waiter = self._waiters.get(job_id)
+    def _ended(self, ended: JobEnded) -> None:
+        waiter = self._waiters.get(ended.job_id)
         if waiter is not None:
-            waiter.status = status
-            waiter.fields = fields
+            waiter.status = ended.status
+            waiter.fields = ended.fields
+            if waiter.predictions and waiter.predictions[0]["tags"] != ended.fields.get("tags"):
+                waiter.predictions = None  # retagged while it ran: read them back
             waiter.event.set()
 
     def wait(
-        self, db: Database, ids: list[ObjectId], timeout: float, local: bool = False
+        self, store: Store, ids: list[ObjectId], timeout: float, local: bool = False
     ) -> dict[ObjectId, Waiter]:
         """Wait until every job finished or the timeout passed; return the finished ones.
 
@@ -92,14 +104,14 @@ class Completions:
             if now >= deadline:
                 break
             if now >= next_poll:
-                # Finished in another process? Then the caller reads the predictions
-                # from the database (a job run here has them all in its waiter by now).
-                for job in db.jobs.find(
+                # Finished in another process: the answer reads it back.
+                for job in store.jobs.find(
                     {"_id": {"$in": open_ids}, "status": {"$in": FINISHED_STATUSES}},
                     {"status": 1},
                 ):
-                    waiters[job["_id"]].status = job["status"]
-                    waiters[job["_id"]].event.set()
+                    waiter = waiters[job["_id"]]
+                    waiter.status, waiter.fields, waiter.predictions = job["status"], None, None
+                    waiter.event.set()
                 poll = max(poll, min(poll * 2, POLL_MAX_S))
                 next_poll = time.monotonic() + poll
                 continue

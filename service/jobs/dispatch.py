@@ -15,12 +15,13 @@ import socket
 import threading
 import time
 
-from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from service.jobs.claims import JobQueue
 from service.jobs.completions import Completions
 from service.jobs.engine import Engine, Job
+from service.jobs.events import JobEvents
+from service.store.access import Store
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,15 @@ def worker_id(kind: str) -> str:
 class Runner:
     """Claims jobs and runs them through the engine: what both modes share."""
 
-    def __init__(self, db: Database, config: dict, completions: Completions, kind: str):
-        self.queue = JobQueue(db, worker_id(kind), config["LEASE_SECONDS"], config["MAX_ATTEMPTS"])
-        self.engine = Engine(db, self.queue, config, completions)
+    def __init__(self, store: Store, config: dict, completions: Completions, kind: str):
+        self.queue = JobQueue(
+            store,
+            worker_id(kind),
+            config["LEASE_SECONDS"],
+            config["MAX_ATTEMPTS"],
+            completions.events,
+        )
+        self.engine = Engine(self.queue, config, completions)
         self.max_batch_size = config["MAX_BATCH_SIZE"]
         self.poll_seconds = config["POLL_SECONDS"]
         self._stop = threading.Event()
@@ -57,8 +64,8 @@ class Runner:
 class Dispatcher(Runner):
     """In-process mode: a thread running the jobs this API process accepted."""
 
-    def __init__(self, db: Database, config: dict, completions: Completions):
-        super().__init__(db, config, completions, "api")
+    def __init__(self, store: Store, config: dict, completions: Completions):
+        super().__init__(store, config, completions, "api")
         self.max_wait_s = config["MAX_WAIT_MS"] / 1000
         # Jobs this process just stored, leased to itself, inputs already checked.
         self.inbox: queue.SimpleQueue[Job] = queue.SimpleQueue()
@@ -128,8 +135,8 @@ class JobSignal:
         }
     ]
 
-    def __init__(self, db: Database, max_wait_s: float):
-        self.db = db
+    def __init__(self, store: Store, max_wait_s: float):
+        self.store = store
         self.max_wait_s = max_wait_s
         self.backoff_s = 0.05
         self.stream = None
@@ -137,7 +144,7 @@ class JobSignal:
 
     def _open(self) -> None:
         try:
-            self.stream = self.db.jobs.watch(
+            self.stream = self.store.jobs.watch(
                 self.PIPELINE, max_await_time_ms=int(self.max_wait_s * 1000)
             )
         except PyMongoError as error:
@@ -163,9 +170,10 @@ class JobSignal:
 class Worker(Runner):
     """Workers mode: a process claiming jobs from MongoDB until it is told to stop."""
 
-    def __init__(self, db: Database, config: dict):
-        super().__init__(db, config, Completions(), "worker")
-        self.signal = JobSignal(db, self.poll_seconds)
+    def __init__(self, store: Store, config: dict):
+        # Nobody waits in a worker process: its completions only carry the events.
+        super().__init__(store, config, Completions(JobEvents()), "worker")
+        self.signal = JobSignal(store, self.poll_seconds)
 
     def run_forever(self) -> None:
         log.info("worker %s waiting for jobs", self.queue.worker_id)

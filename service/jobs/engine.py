@@ -4,6 +4,12 @@ Instances of all the jobs for one model version are packed into batches of at
 most MAX_BATCH_SIZE rows, each batch is one call of the compiled model, and each
 batch's predictions are one insert_many. Used by the in-process dispatcher and
 by worker processes alike.
+
+Prediction writes are fenced by the lease like every job write: after a batch's
+rows are stored, the progress or completion write (filtered on the lease token)
+tells whether the lease still holds; if it was lost, that batch's rows are
+removed again. An attempt that finds rows of an earlier attempt on its unique
+(job, index) keys overwrites them, so the newest attempt's rows are the ones kept.
 """
 
 import logging
@@ -15,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 from bson import ObjectId
-from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
+from service.errors import InputError
 from service.jobs.claims import JobQueue, utcnow
 from service.jobs.completions import Completions
 from service.registry import model_store
-from service.registry.signature import InputError, check_inputs
+from service.registry.signature import check_inputs
+from service.store.access import Store
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +46,7 @@ class Job:
     count: int
     attempts: int
     tags: dict = field(default_factory=dict)
-    owner: str | None = None
+    owner: str | None = None  # carried onto its predictions
     done: int = 0  # instances whose predictions are stored
     started_at: datetime | None = None  # when its first batch began
 
@@ -69,25 +76,11 @@ def error_summary(error: Exception) -> str:
     return f"{type(error).__name__}: {(lines[-1] if lines else '')[:300]}"
 
 
-def _finished_fields(job: Job, finished_at: datetime) -> dict:
-    """What a job's document says once it succeeded, as the engine just wrote it."""
-    return {
-        "status": "succeeded",
-        "attempts": job.attempts,
-        "lease": None,
-        "error": None,
-        "progress": {"done": job.count, "total": job.count},
-        "started_at": job.started_at,
-        "finished_at": finished_at,
-        "_updated": finished_at,
-    }
-
-
 class ModelCache:
     """Compiled models by model id; the least recently used is dropped past capacity."""
 
-    def __init__(self, db: Database, cache_dir: Path, capacity: int):
-        self.db = db
+    def __init__(self, store: Store, cache_dir: Path, capacity: int):
+        self.store = store
         self.cache_dir = cache_dir
         self.capacity = capacity
         self._models: OrderedDict = OrderedDict()
@@ -101,7 +94,7 @@ class ModelCache:
                 return self._models[key]
             from service.registry.runtime import CompiledModel  # TensorFlow loads here, once
 
-            path = model_store.local_copy(self.db, model, self.cache_dir)
+            path = model_store.local_copy(self.store, model, self.cache_dir)
             compiled = CompiledModel(str(path), model["format"])
             self._models[key] = compiled
             while len(self._models) > self.capacity:
@@ -112,19 +105,21 @@ class ModelCache:
 class Engine:
     """Runs claimed jobs: batches per model, stores predictions, completes jobs."""
 
-    def __init__(self, db: Database, queue: JobQueue, config: dict, completions: Completions):
-        self.db = db
+    def __init__(self, queue: JobQueue, config: dict, completions: Completions):
+        self.store = queue.store
         self.queue = queue
         self.completions = completions
         self.max_batch_size = config["MAX_BATCH_SIZE"]
         self.max_instances = config["MAX_INSTANCES_PER_JOB"]
-        self.models = ModelCache(db, Path(config["MODEL_CACHE_DIR"]), config["MODEL_CACHE_SIZE"])
+        self.models = ModelCache(
+            self.store, Path(config["MODEL_CACHE_DIR"]), config["MODEL_CACHE_SIZE"]
+        )
         self._model_documents: dict[ObjectId, dict] = {}
 
     def model_document(self, model_id: ObjectId) -> dict | None:
         """A model document by id (models never change once stored, so cache them)."""
         if model_id not in self._model_documents:
-            document = self.db.models.find_one({"_id": model_id})
+            document = self.store.models.find_one({"_id": model_id})
             if document is None:
                 return None
             self._model_documents[model_id] = document
@@ -207,24 +202,28 @@ class Engine:
         """Write a batch's predictions, then record progress or completion of its jobs."""
         rows = outputs.reshape(len(outputs), -1)
         finite = np.isfinite(rows).all(axis=1)
-        batch_info = {"id": ObjectId(), "size": len(outputs)}
+        batch_id = ObjectId()
+        batch_info = {"id": batch_id, "size": len(outputs)}
         now = utcnow()
-        documents, offset, broken = [], 0, {}
+        documents: dict[ObjectId, list[dict]] = {}
+        offset, broken = 0, {}
         for job, start, stop in batch:
             job_finite = finite[offset : offset + stop - start]
             if job_finite.all():
                 job_outputs = outputs[offset : offset + stop - start]
-                documents += self._predictions(job, start, job_outputs, batch_info, now)
+                documents[job.id] = self._predictions(job, start, job_outputs, batch_info, now)
             else:
                 bad = start + int(np.argmin(job_finite))
                 broken[job.id] = f"the model's output for inputs[{bad}] is not finite (NaN or Inf)"
             offset += stop - start
-        self._insert(documents)
-        if self.completions.has_waiters:
-            for document in documents:
-                self.completions.add_prediction(document)
+        overwritten = self._insert([row for rows in documents.values() for row in rows])
+        for job_id, rows in documents.items():
+            if job_id in overwritten:
+                self.completions.forget_predictions(job_id)
+            else:
+                self.completions.add_predictions(job_id, rows)
 
-        completed = []
+        completed, lost = [], []
         for job, _, stop in batch:
             if job.id in broken:
                 pending.remove(job)
@@ -235,15 +234,18 @@ class Engine:
                 pending.remove(job)
                 completed.append(job)
             elif not self.queue.extend(job.id, job.token, job.done, job.started_at):
-                log.warning("lost the lease of job %s; leaving it to its new holder", job.id)
                 pending.remove(job)
-        finished_at = utcnow()
-        succeeded = self.queue.succeed(
-            [(job.id, job.token, job.count, job.started_at) for job in completed], finished_at
-        )
-        for job in completed:
-            if job.id in succeeded:
-                self.completions.finish(job.id, "succeeded", _finished_fields(job, finished_at))
+                lost.append(job)
+        succeeded = self.queue.succeed(completed, utcnow())
+        lost += [job for job in completed if job.id not in succeeded]
+        for job in lost:
+            self._withdraw(job, batch_id)
+
+    def _withdraw(self, job: Job, batch_id: ObjectId) -> None:
+        """The lease was lost while the batch ran: its rows of this job are not ours to keep."""
+        log.warning("lost the lease of job %s; leaving it to its new holder", job.id)
+        self.store.predictions.delete_many({"job": job.id, "batch.id": batch_id})
+        self.completions.forget_predictions(job.id)
 
     def _predictions(
         self, job: Job, start: int, outputs: np.ndarray, batch_info: dict, now
@@ -274,16 +276,26 @@ class Engine:
             for i, value in enumerate(values)
         ]
 
-    def _insert(self, documents: list[dict]) -> None:
-        """insert_many; predictions already stored by an earlier attempt are skipped."""
+    def _insert(self, documents: list[dict]) -> set[ObjectId]:
+        """insert_many; rows an earlier attempt stored are overwritten with this attempt's.
+
+        Returns the ids of the jobs that had such rows.
+        """
         if not documents:
-            return
+            return set()
         try:
-            self.db.predictions.insert_many(documents, ordered=False)
+            self.store.predictions.insert_many(documents, ordered=False)
+            return set()
         except BulkWriteError as error:
-            others = [e for e in error.details["writeErrors"] if e["code"] != DUPLICATE_KEY]
-            if others:
+            errors = error.details["writeErrors"]
+            if any(e["code"] != DUPLICATE_KEY for e in errors):
                 raise
+        overwritten = set()
+        for failed in errors:
+            row = {key: value for key, value in documents[failed["index"]].items() if key != "_id"}
+            self.store.predictions.replace_one({"job": row["job"], "index": row["index"]}, row)
+            overwritten.add(row["job"])
+        return overwritten
 
     def _fail_job(self, job: Job, error: str) -> None:
         self._fail(job.id, job.token, job.attempts, error)
@@ -291,7 +303,3 @@ class Engine:
     def _fail(self, job_id: ObjectId, token: str, attempts: int, error: str) -> None:
         status = self.queue.fail_attempt(job_id, token, attempts, error)
         log.warning("job %s attempt %s: %s -> %s", job_id, attempts, error, status or "lease lost")
-        if status == "failed":
-            self.completions.finish(job_id, "failed")
-        elif status == "queued":
-            self.completions.restart(job_id)

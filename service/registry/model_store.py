@@ -14,21 +14,19 @@ from pathlib import Path
 import gridfs
 from bson import ObjectId
 from pymongo import ReturnDocument
-from pymongo.database import Database
 
+from schemas.common import ACTIVE_STATUSES
+from service.errors import Conflict, UnknownModel
 from service.registry import model_files
+from service.store.access import Store
 
 FILE_SUFFIX = {"keras": ".keras", "savedmodel": ".zip"}
 
 
-class UnknownModel(LookupError):
-    """No ready model matches the reference a client gave."""
-
-
-def resolve(db: Database, reference: str) -> dict:
+def resolve(store: Store, reference: str) -> dict:
     """Find the model a job names: "name" (newest ready version), "name@3" or an id."""
     if ObjectId.is_valid(reference) and len(reference) == 24:
-        model = db.models.find_one({"_id": ObjectId(reference), "status": "ready"})
+        model = store.models.find_one({"_id": ObjectId(reference), "status": "ready"})
         if model is None:
             raise UnknownModel(f"no ready model with id {reference}")
         return model
@@ -38,7 +36,7 @@ def resolve(db: Database, reference: str) -> dict:
         if not version.isdigit():
             raise UnknownModel(f"{reference!r}: the version after @ must be a number")
         query["version"] = int(version)
-    model = db.models.find_one(query, sort=[("version", -1)])
+    model = store.models.find_one(query, sort=[("version", -1)])
     if model is None:
         raise UnknownModel(f"no ready model {reference!r}; see GET /v1/models")
     return model
@@ -53,8 +51,8 @@ class ModelLookup:
 
     MAX_ENTRIES = 1000
 
-    def __init__(self, db: Database, ttl_s: float):
-        self.db = db
+    def __init__(self, store: Store, ttl_s: float):
+        self.store = store
         self.ttl_s = ttl_s
         self._seen: dict[str, tuple[float, dict]] = {}
         self._lock = threading.Lock()
@@ -64,7 +62,7 @@ class ModelLookup:
         hit = self._seen.get(reference)
         if hit is not None and now - hit[0] < self.ttl_s:
             return hit[1]
-        model = resolve(self.db, reference)
+        model = resolve(self.store, reference)
         with self._lock:
             if len(self._seen) >= self.MAX_ENTRIES:
                 self._seen.clear()
@@ -77,9 +75,18 @@ class ModelLookup:
             self._seen.clear()
 
 
-def next_version(db: Database, name: str) -> int:
+def check_unused(store: Store, model: dict) -> None:
+    """Refuse to delete a model that queued or running jobs still need."""
+    busy = store.jobs.find_one(
+        {"status": {"$in": ACTIVE_STATUSES}, "model_ref._id": model["_id"]}, {"_id": 1}
+    )
+    if busy is not None:
+        raise Conflict("the model has queued or running jobs: delete it once they finish")
+
+
+def next_version(store: Store, name: str) -> int:
     """Take the next version number of a name from an atomic counter."""
-    counter = db.counters.find_one_and_update(
+    counter = store.counters.find_one_and_update(
         {"_id": f"models:{name}"},
         {"$inc": {"seq": 1}},
         upsert=True,
@@ -88,7 +95,7 @@ def next_version(db: Database, name: str) -> int:
     return counter["seq"]
 
 
-def local_copy(db: Database, model: dict, cache_dir: Path) -> Path:
+def local_copy(store: Store, model: dict, cache_dir: Path) -> Path:
     """Return a loadable local path of the model's file, downloading it once."""
     model_id = str(model["_id"])
     model_format = model["format"]
@@ -99,7 +106,7 @@ def local_copy(db: Database, model: dict, cache_dir: Path) -> Path:
         staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{model_id}-"))
         download = staging / f"download{FILE_SUFFIX[model_format]}"
         with open(download, "wb") as handle:
-            handle.write(gridfs.GridFS(db).get(model["file"]).read())
+            handle.write(gridfs.GridFS(store.db).get(model["file"]).read())
         model_files.loadable_path(download, model_format, staging)
         download.unlink()
         try:
@@ -112,7 +119,7 @@ def local_copy(db: Database, model: dict, cache_dir: Path) -> Path:
 
 
 def register(
-    db: Database,
+    store: Store,
     name: str,
     path: Path,
     *,
@@ -127,11 +134,11 @@ def register(
     """
     inspection = model_files.inspect(path, **limits)
     model_files.check_labels(labels, inspection["signature"])
-    file_id = gridfs.GridFS(db).put(path.read_bytes(), filename=path.name)
+    file_id = gridfs.GridFS(store.db).put(path.read_bytes(), filename=path.name)
     now = datetime.now(UTC).replace(microsecond=0)
     document = {
         "name": name,
-        "version": next_version(db, name),
+        "version": next_version(store, name),
         "file": file_id,
         **inspection,
         "labels": labels,
@@ -142,8 +149,8 @@ def register(
         "_updated": now,
     }
     try:
-        document["_id"] = db.models.insert_one(document).inserted_id
+        document["_id"] = store.models.insert_one(document).inserted_id
     except Exception:
-        gridfs.GridFS(db).delete(file_id)
+        gridfs.GridFS(store.db).delete(file_id)
         raise
     return document

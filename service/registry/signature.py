@@ -9,13 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.errors import InputError
+
 # dtypes a signature may name, and the kinds of JSON numbers each accepts.
 FLOAT_DTYPES = {"float16", "float32", "float64", "bfloat16"}
 INT_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
-
-
-class InputError(ValueError):
-    """A job's inputs do not fit the model; the message names the instance."""
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,39 @@
-"""Eve's MongoDB data layer, with database failures surfacing as themselves."""
+"""Eve's MongoDB data layer: owner-scoped like the service's own access, errors surfacing.
+
+Eve's generated endpoints read and write through here; the rules are those of
+service/store/access.py, applied to the identity of the request.
+"""
 
 from eve.io.mongo import Mongo
+from flask import g, has_request_context
 from pymongo.errors import PyMongoError
+
+from service.store.access import ANONYMOUS, Identity
+
+
+def request_identity() -> Identity:
+    """Who the current request acts for (set by authentication; anonymous until then)."""
+    if has_request_context():
+        return g.get("identity", ANONYMOUS)
+    return ANONYMOUS
 
 
 class SibylMongo(Mongo):
-    """Mongo data layer that lets PyMongo errors reach the 503 handler."""
+    """Mongo data layer scoped to the request's identity, letting PyMongo errors reach
+    the 503 handler."""
+
+    def _datasource_ex(self, resource, query=None, *args, **kwargs):
+        """Every find, update and delete Eve makes goes through here: scope its filter."""
+        source, query, projection, sort = super()._datasource_ex(resource, query, *args, **kwargs)
+        return source, request_identity().scope(resource, query or {}), projection, sort
+
+    def insert(self, resource, doc_or_docs):
+        """Whatever a request stores is owned by its identity."""
+        documents = [doc_or_docs] if isinstance(doc_or_docs, dict) else doc_or_docs
+        identity = request_identity()
+        for document in documents:
+            identity.stamp(resource, document)
+        return super().insert(resource, doc_or_docs)
 
     def find(self, resource, req, sub_resource_lookup, perform_count=True):
         """Run Eve's find, re-raising the database error its count fallback hides."""

@@ -1,0 +1,121 @@
+"""POST /v1/jobs: Eve's Cerberus validation, then the job service; `?wait=` on POST and GET.
+
+Eve answers every other method of /v1/jobs. Its POST would store the jobs itself,
+around its insert hooks; Sibyl's job service stores them instead (the one way in
+for a job), so this view takes Eve's place for POST and keeps Eve's answer shape.
+"""
+
+from bson import ObjectId
+from eve.methods.common import (
+    build_response_document,
+    marshal_write_response,
+    parse,
+    payload,
+    resource_link,
+)
+from eve.render import send_response
+from eve.utils import config
+from flask import Flask, abort, current_app, request
+
+from service.context import sibyl
+from service.errors import JobsRejected
+from service.store.data import request_identity
+
+RESOURCE = "jobs"
+ENDPOINT = "jobs|resource"  # Eve's endpoint name of the collection URL
+
+
+def register(app: Flask) -> None:
+    """Answer POST /v1/jobs here; every other method stays Eve's."""
+    eve_view = app.view_functions[ENDPOINT]
+
+    def jobs_collection(**lookup):
+        if request.method == "POST":
+            return post_jobs()
+        return eve_view(**lookup)
+
+    app.view_functions[ENDPOINT] = jobs_collection
+
+
+def requested_wait() -> float:
+    """Seconds from ?wait=, capped by MAX_REQUEST_WAIT_S; 0 when absent."""
+    raw = request.args.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        abort(400, description=f"wait must be a number of seconds, got {raw!r}")
+    return min(seconds, current_app.config["MAX_REQUEST_WAIT_S"])
+
+
+def post_jobs():
+    """Validate, submit, and answer as Eve does: 201 with each job's meta fields (and, with
+    ?wait=, the finished jobs with their predictions)."""
+    seconds = requested_wait()
+    body = payload()
+    submitted = validated(body if isinstance(body, list) else [body])
+    services = sibyl()
+    identity = request_identity()
+    documents = services.jobs.submit(submitted, identity, watch=bool(seconds))
+    by_id = {document["_id"]: document for document in documents}
+    finished = {}
+    if seconds:
+        finished = services.jobs.await_finished(list(by_id), seconds, identity, submitted=by_id)
+    items = [answer(finished.get(job_id), document) for job_id, document in by_id.items()]
+    response = {"_status": "OK", "_items": items} if isinstance(body, list) else items[0]
+    location = [("Location", f"{resource_link()}/{documents[0]['_id']}")]
+    return send_response(RESOURCE, (response, None, None, 201, location))
+
+
+def validated(bodies: list[dict]) -> list[dict]:
+    """Each job checked against schemas/jobs.py by Eve's validator (defaults applied);
+    JobsRejected naming every field at fault otherwise."""
+    resource_def = current_app.config["DOMAIN"][RESOURCE]
+    validator = current_app.validator(
+        resource_def["schema"], resource=RESOURCE, allow_unknown=resource_def["allow_unknown"]
+    )
+    documents, issues = [], []
+    for position, value in enumerate(bodies):
+        if validator.validate(parse(value, RESOURCE)):
+            documents.append(validator.document)
+            continue
+        for field, errors in validator.errors.items():
+            issues.append((position, field, _message(errors)))
+    if issues:
+        raise JobsRejected(issues)
+    return documents
+
+
+def _message(errors) -> str:
+    """Cerberus' errors of one field as one line."""
+    if isinstance(errors, list):
+        return "; ".join(_message(error) for error in errors)
+    if isinstance(errors, dict):
+        return "; ".join(f"{key}: {_message(value)}" for key, value in errors.items())
+    return str(errors)
+
+
+def answer(finished: dict | None, stored: dict) -> dict:
+    """One job of a POST's answer: the finished job without its inputs (the client just
+    sent them), or Eve's write answer (meta fields and `status`) while it runs."""
+    if finished is not None:
+        predictions = finished.pop("predictions")
+        build_response_document(finished, RESOURCE, [])
+        finished.pop("inputs", None)
+        # Not the ETag of the job as inserted, and a GET computes the current one.
+        finished.pop(config.ETAG, None)
+        return {**finished, "predictions": predictions, config.STATUS: config.STATUS_OK}
+    document = dict(stored)
+    build_response_document(document, RESOURCE, [])
+    return {**marshal_write_response(document, RESOURCE), config.STATUS: config.STATUS_OK}
+
+
+def wait_for_job(lookup: dict) -> None:
+    """GET /v1/jobs/<id>?wait=: hold the request until the job finished or the wait ends."""
+    seconds = requested_wait()
+    if not seconds or "_id" not in lookup or not ObjectId.is_valid(str(lookup["_id"])):
+        return
+    sibyl().jobs.wait([ObjectId(str(lookup["_id"]))], seconds, request_identity())

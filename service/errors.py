@@ -1,0 +1,59 @@
+"""Domain errors: what went wrong, said so a client can act on it, with the status it gets.
+
+Raised anywhere below the HTTP layer; each family of routes renders them once in
+its own shape (service/api/errors.py renders Eve's).
+"""
+
+
+class SibylError(Exception):
+    """An error a client caused or must know about; status is its HTTP status."""
+
+    status = 400
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class Unprocessable(SibylError):
+    """Well-formed, but not something Sibyl can do: a 422."""
+
+    status = 422
+
+
+class InvalidField(Unprocessable):
+    """One field of a submitted document is wrong: a 422 naming it."""
+
+    field = ""
+
+
+class UnknownModel(InvalidField, LookupError):
+    """No ready model matches the reference a job gave."""
+
+    field = "model"
+
+
+class InputError(InvalidField, ValueError):
+    """A job's inputs do not fit the model; the message names the instance."""
+
+    field = "inputs"
+
+
+class JobsRejected(SibylError):
+    """Some documents of a submission are wrong: nothing of it was stored.
+
+    issues: (position in the submission, field, message), in order.
+    """
+
+    status = 422
+
+    def __init__(self, issues: list[tuple[int, str, str]]):
+        super().__init__(issues[0][2])
+        self.issues = issues
+
+
+class Conflict(SibylError):
+    """The request is valid but the resource's state forbids it now (a job still
+    running, a model still needed)."""
+
+    status = 409

@@ -1,0 +1,192 @@
+"""The job service: the one way in for a job, and the one way to wait for it.
+
+Every route that accepts jobs calls `submit` (POST /v1/jobs today; predict routes,
+replays or a CLI tomorrow), with or without an HTTP request behind it:
+it resolves each job's model, checks its inputs against the model's signature,
+builds the job's document (service/jobs/claims.py `new_job`), stores the jobs
+through the owner-scoped store, and hands them to this process's dispatcher
+(in-process mode) or leaves them to worker processes. `await_finished` answers
+`?wait=` with the jobs as stored and their predictions.
+"""
+
+from collections.abc import Callable
+
+from bson import ObjectId
+
+from schemas.common import FINISHED_STATUSES
+from service.errors import Conflict, InvalidField, JobsRejected, Unprocessable
+from service.jobs.claims import JobQueue, new_job, utcnow
+from service.jobs.completions import Completions, Waiter
+from service.jobs.engine import Job
+from service.registry.model_store import ModelLookup
+from service.registry.signature import check_inputs
+from service.store.access import Identity, Store
+
+# What a finished job's predictions show inline (the rest is on the job).
+INLINE_PREDICTION_FIELDS = ("_id", "index", "output", "label", "score")
+
+
+class JobService:
+    """Submitting jobs, waiting for them, and the changes a client may make to them."""
+
+    def __init__(
+        self,
+        store: Store,
+        models: ModelLookup,
+        config: dict,
+        completions: Completions,
+        dispatcher: Callable[[], object | None],
+    ):
+        """dispatcher: returns this process's Dispatcher, or None when workers run the jobs."""
+        self.store = store
+        self.models = models
+        self.completions = completions
+        self.max_instances = config["MAX_INSTANCES_PER_JOB"]
+        self._dispatcher = dispatcher
+
+    @property
+    def queue(self) -> JobQueue:
+        """The job queue of this process's runner (in-process mode), or a plain one."""
+        runner = self._dispatcher()
+        if runner is not None:
+            return runner.queue
+        return JobQueue(self.store, "api", 0, 0, self.completions.events)
+
+    def submit(self, submitted: list[dict], identity: Identity, watch: bool = False) -> list[dict]:
+        """Accept jobs ({model, inputs, tags}) for identity; return their documents as stored.
+
+        All or nothing: if any job names an unknown model or has inputs its model
+        cannot take, JobsRejected names each one and nothing is stored.
+        watch: the caller will await_finished() them (registered before they can end).
+        """
+        now = utcnow()
+        runner = self._dispatcher()
+        # Run here: stored already leased to this process's dispatcher, so no other
+        # runner takes them and no claim is needed. Otherwise free for workers.
+        lease = runner.queue.new_lease() if runner is not None else None
+        documents, checked, issues = [], [], []
+        resolved: dict[str, dict] = {}
+        for position, fields in enumerate(submitted):
+            try:
+                reference = fields["model"]
+                if reference not in resolved:
+                    resolved[reference] = self.models.resolve(reference)
+                model = resolved[reference]
+                arrays, count = check_inputs(
+                    fields["inputs"], model["signature"]["inputs"], self.max_instances
+                )
+            except InvalidField as error:
+                issues.append((position, error.field, error.message))
+                continue
+            documents.append(new_job(fields, model, count, lease, now))
+            checked.append((model, arrays, count))
+        if issues:
+            raise JobsRejected(issues)
+        self.store.acting_as(identity).jobs.insert_many(documents)
+        if watch:
+            self.completions.expect([document["_id"] for document in documents])
+        if runner is not None:
+            runner.submit(
+                [
+                    Job(
+                        document["_id"],
+                        lease["token"],
+                        model,
+                        arrays,
+                        count,
+                        attempts=1,
+                        tags=document["tags"],
+                        owner=document["owner"],
+                    )
+                    for document, (model, arrays, count) in zip(documents, checked, strict=True)
+                ]
+            )
+        return documents
+
+    def await_finished(
+        self, ids: list[ObjectId], seconds: float, identity: Identity, submitted: dict | None = None
+    ) -> dict[ObjectId, dict]:
+        """Wait up to seconds for the jobs to end; return those that did, as stored, with their
+        predictions in index order (`predictions`).
+
+        submitted: the documents submit(watch=True) returned, by id, when the caller
+        just submitted the jobs (those that ran here need no read).
+        """
+        store = self.store.acting_as(identity)
+        ended = self.wait(ids, seconds, identity, just_submitted=submitted is not None)
+        finished = {}
+        for job_id, waiter in ended.items():
+            document = self._as_stored(store, job_id, waiter, submitted)
+            if document is not None:
+                finished[job_id] = document
+        return finished
+
+    def wait(
+        self, ids: list[ObjectId], seconds: float, identity: Identity, just_submitted: bool = False
+    ) -> dict[ObjectId, Waiter | None]:
+        """Wait up to seconds for the jobs to end; return the ended ones, with what this process
+        saw of their end (None: they had ended before the wait began)."""
+        store = self.store.acting_as(identity)
+        self.completions.expect(ids)
+        try:
+            already = set()
+            if not just_submitted:
+                already = {
+                    job["_id"]
+                    for job in store.jobs.find(
+                        {"_id": {"$in": ids}, "status": {"$in": FINISHED_STATUSES}}, {"_id": 1}
+                    )
+                }
+            open_ids = [job_id for job_id in ids if job_id not in already]
+            # Jobs this process just leased to itself wake their waiters themselves.
+            local = just_submitted and self._dispatcher() is not None
+            waiters = self.completions.wait(store, open_ids, seconds, local=local)
+        finally:
+            self.completions.release(ids)
+        return {
+            job_id: waiters.get(job_id) for job_id in ids if job_id in already or job_id in waiters
+        }
+
+    def _as_stored(
+        self, store: Store, job_id: ObjectId, waiter: Waiter | None, submitted: dict | None
+    ) -> dict | None:
+        """The finished job and its predictions, from what this process wrote or read back."""
+        inserted = (submitted or {}).get(job_id)
+        if waiter is not None and waiter.fields is not None and inserted is not None:
+            # Ended here: the job is what was inserted plus what its end wrote.
+            document = {**inserted, **waiter.fields}
+            document.pop("_etag", None)
+        else:
+            document = store.jobs.find_one({"_id": job_id})
+            if document is None:
+                return None  # deleted meanwhile
+        predictions = waiter.predictions if waiter is not None else None
+        if document["status"] != "succeeded":
+            predictions = []
+        elif predictions is None or len(predictions) != document["progress"]["total"]:
+            predictions = store.predictions.find({"job": job_id}).sort("index", 1)
+        document["predictions"] = [
+            {name: p.get(name) for name in INLINE_PREDICTION_FIELDS} for p in predictions
+        ]
+        return document
+
+    def check_update(self, updates: dict, original: dict) -> None:
+        """Only a job's tags may change once it is submitted."""
+        frozen = sorted(set(updates) - {"tags", "_updated", "_etag"})
+        if frozen:
+            raise Unprocessable(f"{', '.join(frozen)}: a submitted job can only change its tags")
+
+    def retagged(self, job_id: ObjectId, tags: dict, identity: Identity) -> None:
+        """A job's tags were replaced: its predictions carry the new ones."""
+        self.store.acting_as(identity).predictions.update_many(
+            {"job": job_id}, {"$set": {"tags": tags}}
+        )
+
+    def check_deletable(self, job: dict) -> None:
+        """A job is deleted once it has finished, not while it runs."""
+        if job.get("status") not in FINISHED_STATUSES:
+            raise Conflict(f"job is {job.get('status')}: delete it once it has finished")
+
+    def deleted(self, job_id: ObjectId) -> None:
+        """A deleted job takes its predictions with it."""
+        self.queue.deleted(job_id)

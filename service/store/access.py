@@ -1,0 +1,136 @@
+"""The owner-scoped door to the data: every read and write of jobs, predictions and models.
+
+Its rules, in one place (docs/ARCHITECTURE.md names them):
+- every access is made for an Identity: the caller of a request, or Sibyl's own
+  process (SYSTEM) acting for the owner recorded on the job it runs;
+- reads, updates and deletes of owned resources (jobs, predictions) see only
+  what the identity may see (`Identity.scope`);
+- whatever a caller stores carries the caller as owner (`Identity.stamp`), set
+  here and nowhere else; what SYSTEM stores for a job carries the job's owner.
+Eve's Mongo layer (service/store/data.py) applies the same two rules to Eve's
+generated endpoints. Until access control arrives, every caller is ANONYMOUS,
+which sees everything and owns nothing.
+"""
+
+from dataclasses import dataclass
+
+from pymongo import UpdateOne
+from pymongo.collection import Collection
+from pymongo.database import Database
+
+# Resources whose documents belong to the identity that created them.
+OWNED_RESOURCES = frozenset({"jobs", "predictions"})
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who an access is made for: the owner it stores, and whether it sees all owners.
+
+    A system identity is Sibyl's own process acting for the owners recorded in the
+    documents it handles (a worker writing a job's predictions): it keeps the owner
+    a document carries instead of stamping its own.
+    """
+
+    owner: str | None
+    sees_all: bool
+    system: bool = False
+
+    def scope(self, resource: str, query: dict) -> dict:
+        """The query, narrowed to what this identity may see of the resource."""
+        if self.sees_all or resource not in OWNED_RESOURCES:
+            return query
+        if not query:
+            return {"owner": self.owner}
+        return {"$and": [query, {"owner": self.owner}]}
+
+    def stamp(self, resource: str, document: dict) -> dict:
+        """The document, owned by this identity (whatever owner it claimed)."""
+        if self.system:
+            document.setdefault("owner", None)
+        elif resource in OWNED_RESOURCES or resource == "models":
+            document["owner"] = self.owner
+        return document
+
+
+# No access control yet: every request sees everything and owns nothing.
+ANONYMOUS = Identity(owner=None, sees_all=True)
+# Sibyl's own processes (dispatcher, workers, sweeps): they see every job to run it.
+SYSTEM = Identity(owner=None, sees_all=True, system=True)
+
+
+class ScopedCollection:
+    """A collection seen through an identity: filters scoped, inserts stamped.
+
+    Only the operations the service uses; each one says why it is safe.
+    """
+
+    def __init__(self, collection: Collection, resource: str, identity: Identity):
+        self.collection = collection
+        self.resource = resource
+        self.identity = identity
+
+    def _scope(self, query: dict) -> dict:
+        return self.identity.scope(self.resource, query)
+
+    def find(self, query: dict, *args, **kwargs):
+        return self.collection.find(self._scope(query), *args, **kwargs)
+
+    def find_one(self, query: dict, *args, **kwargs):
+        return self.collection.find_one(self._scope(query), *args, **kwargs)
+
+    def insert_one(self, document: dict):
+        return self.collection.insert_one(self.identity.stamp(self.resource, document))
+
+    def insert_many(self, documents: list[dict], ordered: bool = True):
+        for document in documents:
+            self.identity.stamp(self.resource, document)
+        return self.collection.insert_many(documents, ordered=ordered)
+
+    def update_one(self, query: dict, update: dict, **kwargs):
+        return self.collection.update_one(self._scope(query), update, **kwargs)
+
+    def update_many(self, query: dict, update: dict, **kwargs):
+        return self.collection.update_many(self._scope(query), update, **kwargs)
+
+    def update_op(self, query: dict, update: dict) -> UpdateOne:
+        """One update of a bulk_write, scoped like update_one."""
+        return UpdateOne(self._scope(query), update)
+
+    def bulk_write(self, operations: list, ordered: bool = True):
+        # Operations come from update_op, already scoped.
+        return self.collection.bulk_write(operations, ordered=ordered)
+
+    def replace_one(self, query: dict, document: dict, **kwargs):
+        document = self.identity.stamp(self.resource, document)
+        return self.collection.replace_one(self._scope(query), document, **kwargs)
+
+    def delete_many(self, query: dict):
+        return self.collection.delete_many(self._scope(query))
+
+    def watch(self, pipeline: list, **kwargs):
+        """A change stream of the collection; only Sibyl's own processes watch."""
+        if not self.identity.system:
+            raise PermissionError("only Sibyl's own processes watch collections")
+        return self.collection.watch(pipeline, **kwargs)
+
+    def find_one_and_update(self, query: dict, update: dict, **kwargs):
+        return self.collection.find_one_and_update(self._scope(query), update, **kwargs)
+
+
+class Store:
+    """The database as one identity sees it."""
+
+    def __init__(self, db: Database, identity: Identity = SYSTEM):
+        self.db = db
+        self.identity = identity
+        self.jobs = ScopedCollection(db.jobs, "jobs", identity)
+        self.predictions = ScopedCollection(db.predictions, "predictions", identity)
+        self.models = ScopedCollection(db.models, "models", identity)
+        # Version counters of model names: no owner, no documents to see.
+        self.counters = db.counters
+
+    def acting_as(self, identity: Identity) -> "Store":
+        """The same database, seen by another identity."""
+        if identity == self.identity:
+            return self
+        return Store(self.db, identity)

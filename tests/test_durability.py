@@ -1,0 +1,137 @@
+"""A 201 survives a crash of the database: every write Sibyl makes asks for the journal."""
+
+import threading
+import time
+
+import pymongo
+import pytest
+import requests
+from bson import ObjectId
+from conftest import LiveServer, restore_models
+
+import run
+import settings
+from service.app import create_app
+from service.store.embedded_db import EmbeddedDatabase, free_port
+
+SETOSA = [5.1, 3.5, 1.4, 0.2]
+JOURNALED = {"w": 1, "j": True}  # the default SIBYL_WRITE_CONCERN
+
+
+def test_every_client_and_collection_asks_for_the_journal(test_settings):
+    assert settings.WRITE_CONCERN == "journaled"
+    app = create_app(test_settings)
+    try:
+        with app.test_request_context():
+            # Eve's own writes (POST, PATCH, DELETE) use a collection of their own.
+            for resource in ("jobs", "models", "predictions"):
+                collection = app.data.get_collection_with_write_concern(resource, resource)
+                assert collection.write_concern.document == JOURNALED, resource
+            # GridFS uploads, the dispatcher and the hooks use Eve's client as it is.
+            assert app.data.pymongo().db.write_concern.document == JOURNALED
+            assert app.extensions["sibyl"].db.write_concern.document == JOURNALED
+    finally:
+        app.extensions["sibyl"].close()
+    # run.py's clients: the demo models and `run.py worker`.
+    worker_db = run.database_of(test_settings["MONGO_URI"])
+    assert worker_db.write_concern.document == JOURNALED
+    worker_db.client.close()
+
+
+@pytest.fixture
+def start_database(tmp_path):
+    """Start this test's own database: one data directory, one port, so that it can
+    come back after a kill where its clients expect it."""
+    port = free_port()
+    started: list[EmbeddedDatabase] = []
+
+    def start() -> EmbeddedDatabase:
+        started.append(EmbeddedDatabase(tmp_path / "db", port).start())
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def post_until(url: str, stop: threading.Event, acknowledged: list, refused: list) -> None:
+    """One client: POST single-instance jobs, recording the id of every 201."""
+    session = requests.Session()
+    while not stop.is_set():
+        try:
+            response = session.post(url, json={"model": "iris", "inputs": [SETOSA]}, timeout=15)
+        except requests.RequestException as error:
+            refused.append(repr(error))
+            continue
+        if response.status_code == 201:
+            acknowledged.append(response.json()["_id"])
+        else:
+            refused.append(response.status_code)
+
+
+def test_acknowledged_jobs_survive_a_database_crash(
+    start_database, test_settings, model_snapshot, tmp_path
+):
+    database = start_database()
+    client = pymongo.MongoClient(database.uri, tz_aware=True)
+    db = client["sibyl_durability"]
+    restore_models(db, model_snapshot)
+    config = {
+        **test_settings,
+        "MONGO_URI": database.uri,
+        "MONGO_DBNAME": db.name,
+        "MODEL_CACHE_DIR": str(tmp_path / "models"),
+        # Jobs cut short by the crash run again soon after it.
+        "LEASE_SECONDS": 2,
+    }
+    server = LiveServer(create_app(config))
+    try:
+        url = server.url + "/v1/jobs"
+        warm = requests.post(
+            url + "?wait=30", json={"model": "iris", "inputs": [SETOSA]}, timeout=40
+        )
+        assert warm.json()["status"] == "succeeded"  # the model is loaded
+
+        acknowledged: list[str] = []
+        refused: list = []
+        stop = threading.Event()
+        clients = [
+            threading.Thread(target=post_until, args=(url, stop, acknowledged, refused))
+            for _ in range(8)
+        ]
+        for thread in clients:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(acknowledged) < 200 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        database.process.kill()  # SIGKILL mid-stream, requests in flight
+        database.process.wait()
+        time.sleep(0.2)  # requests reaching a dead database are refused (503)
+        stop.set()
+        for thread in clients:
+            thread.join(30)
+        assert len(acknowledged) >= 100, refused[:5]
+        assert refused, "the database was killed after the clients had stopped"
+
+        # The same data directory, the same port: the app's client reconnects.
+        start_database()
+        acknowledged_ids = {ObjectId(job_id) for job_id in acknowledged}
+        stored = {job["_id"] for job in db.jobs.find({"_id": {"$in": list(acknowledged_ids)}})}
+        lost = acknowledged_ids - stored
+        assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged jobs lost"
+
+        # Jobs whose lease died with the database run again, each exactly once.
+        deadline = time.monotonic() + 20
+        while db.jobs.find_one({"status": {"$in": ["queued", "running"]}}, {"_id": 1}):
+            assert time.monotonic() < deadline, "jobs still unfinished after the crash"
+            time.sleep(0.1)
+        assert db.jobs.count_documents({"status": {"$ne": "succeeded"}}) == 0
+        per_job = {
+            row["_id"]: row["n"]
+            for row in db.predictions.aggregate([{"$group": {"_id": "$job", "n": {"$sum": 1}}}])
+        }
+        assert all(per_job.get(job_id) == 1 for job_id in acknowledged_ids)
+    finally:
+        server.stop()
+        server.app.extensions["sibyl"].close()
+        client.close()
