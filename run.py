@@ -46,6 +46,11 @@ class ApiServer(BaseApplication):
         return create_app(self.overrides)
 
 
+def announce(server) -> None:
+    """Gunicorn when_ready: say where the API is once it listens (not before)."""
+    log.info("Sibyl API at http://%s:%s/v1/", settings.HOST, settings.PORT)
+
+
 def warm_up(worker) -> None:
     """Gunicorn post_worker_init: load the models before the first job needs them."""
     worker.wsgi.extensions["sibyl"].warm_up()
@@ -66,7 +71,7 @@ def ensure_demo_models(mongo_uri: str) -> None:
     db = database_of(mongo_uri)
     if db.models.count_documents({"name": {"$in": ["iris", "digits"]}}, limit=2) == 2:
         return
-    log.info("training the demo models (once, a few seconds)")
+    log.info("training the demo models (once, about half a minute)")
     subprocess.run(
         [sys.executable, "-m", "service.demo.models"],
         env={**os.environ, "MONGO_URI": mongo_uri},
@@ -92,7 +97,6 @@ def serve(args: argparse.Namespace) -> None:
     else:
         log.info("MongoDB at %s", redact(mongo_uri))
     log.info("inference: %s", settings.INFERENCE)
-    log.info("Sibyl API at http://%s:%s/v1/", settings.HOST, settings.PORT)
     options = {
         "bind": f"{settings.HOST}:{settings.PORT}",
         "workers": settings.WEB_WORKERS,
@@ -106,6 +110,7 @@ def serve(args: argparse.Namespace) -> None:
         "limit_request_line": 0,
         "errorlog": "-",
         "loglevel": "info",
+        "when_ready": announce,
         "post_worker_init": warm_up,
         "worker_exit": close,
     }

@@ -9,6 +9,7 @@ from service.api.errors import as_http_errors
 def register(app: Eve) -> None:
     """Attach every hook to the app, grouped by resource; domain errors answer as themselves."""
     app.on_fetched_resource += pagination.on_fetched_resource
+    app.on_fetched_item += pagination.on_fetched_item
 
     app.on_pre_GET_jobs += as_http_errors(jobs.on_pre_GET_jobs)
     app.on_update_jobs += as_http_errors(jobs.on_update_jobs)

@@ -7,15 +7,21 @@ from datetime import timedelta
 from conftest import job_queue
 
 from service.jobs.claims import utcnow
+from service.jobs.engine import Job
 
 
 def queue_jobs(db, count: int) -> list:
     now = utcnow()
     jobs = [
-        {"status": "queued", "attempts": 0, "_created": now, "progress": {"done": 0}}
+        {"status": "queued", "attempts": 0, "tags": {}, "_created": now, "progress": {"done": 0}}
         for _ in range(count)
     ]
     return db.jobs.insert_many(jobs).inserted_ids
+
+
+def ran(job_id, token: str, attempts: int, started_at) -> Job:
+    """A one-instance job as the engine hands it to JobQueue.succeed once it ran."""
+    return Job(job_id, token, {}, {}, count=1, attempts=attempts, started_at=started_at)
 
 
 def expire_lease(db, job_id) -> None:
@@ -84,12 +90,12 @@ def test_a_stale_worker_cannot_complete_a_reclaimed_job(db):
 
     # The stale worker wakes up: none of its writes land.
     now = utcnow()
-    assert stale.succeed([(job_id, old_token, 1, 1, now)], now) == set()
+    assert stale.succeed([ran(job_id, old_token, 1, now)], now) == set()
     assert stale.extend(job_id, old_token, done=1, started_at=now) is False
     assert stale.fail_attempt(job_id, old_token, 1, "late") == ""
     assert db.jobs.find_one({"_id": job_id})["status"] == "running"
 
-    assert fresh.succeed([(job_id, new_token, 1, 2, now)], now) == {job_id}
+    assert fresh.succeed([ran(job_id, new_token, 2, now)], now) == {job_id}
     job = db.jobs.find_one({"_id": job_id})
     assert job["status"] == "succeeded" and job["lease"] is None
 

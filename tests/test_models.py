@@ -107,6 +107,12 @@ def test_labels_must_match_the_output(api, db, model_files):
     ("fields", "field", "message"),
     [
         ({"name": "no spaces please"}, "name", "does not match regex"),
+        # A job naming it would get the model with that id instead.
+        (
+            {"name": "5f2b6c1d9e8a7b6c5d4e3F21"},
+            "name",
+            "a model name may not look like a model id (24 hex digits)",
+        ),
         ({"name": "tiny", "color": "red"}, "color", "unknown field"),
         ({"name": "tiny", "version": "7"}, "version", "read-only"),
     ],

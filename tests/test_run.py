@@ -1,5 +1,6 @@
 """`python run.py serve` as `make run` starts it: embedded database, gunicorn, clean stop."""
 
+import json
 import os
 import signal
 import subprocess
@@ -91,6 +92,21 @@ def test_serve_trains_demo_models_stops_cleanly_and_keeps_data(serve):
         url + "/v1/jobs?wait=30", json={"model": "digits", "inputs": [[[0] * 8] * 8]}, timeout=40
     )
     assert digits.json()["status"] == "succeeded"
+    # URLs up to SIBYL_MAX_URL_BYTES pass gunicorn (its default limit is 4 KiB); past
+    # it, and past the body limit with a chunked body, the answers are JSON.
+    ids = [f"{i:024x}" for i in range(600)]
+    where = {"where": json.dumps({"job": {"$in": ids}})}
+    assert requests.get(url + "/v1/predictions", params=where, timeout=10).status_code == 200
+    where = {"where": json.dumps({"job": {"$in": ids * 4}})}
+    too_long = requests.get(url + "/v1/predictions", params=where, timeout=10)
+    assert too_long.status_code == 414
+    assert too_long.json()["_error"]["message"].endswith("at most 65536 are accepted")
+    chunked = (b" " * 65536 for _ in range(129))  # 8 MiB and a bit, without Content-Length
+    too_large = requests.post(
+        url + "/v1/jobs", data=chunked, headers={"Content-Type": "application/json"}, timeout=30
+    )
+    assert too_large.status_code == 413
+    assert too_large.json()["_error"]["message"] == "the body is larger than 8388608 bytes"
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0

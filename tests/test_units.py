@@ -1,10 +1,20 @@
 """Pure functions, no server needed."""
 
+import copy
+import inspect
+
 import pytest
+from cerberus import Validator as CerberusValidator
+from cerberus.schema import DefinitionSchema
+from eve.io.mongo import Validator
+from flask import Flask
 
 from hooks.pagination import on_fetched_resource
 from run import redact
+from schemas import DOMAIN
+from schemas.common import MODEL_NAME
 from service.api.request_checks import nesting_exceeds
+from service.api.validation import CHECKED_SCHEMAS, CheckedSchema, SibylValidator
 
 
 @pytest.mark.parametrize(
@@ -37,3 +47,91 @@ def test_next_link_only_on_full_pages(returned, has_next):
     response = {"_items": [{}] * returned, "_meta": {"max_results": 3}, "_links": {"next": {}}}
     on_fetched_resource("jobs", response)
     assert ("next" in response["_links"]) is has_next
+
+
+def test_cerberus_internals_that_checked_schema_relies_on():
+    """CheckedSchema (service/api/validation.py) overrides Cerberus' DefinitionSchema: an
+    upgrade that changes what it overrides or copies must fail here, not in production."""
+    assert list(inspect.signature(DefinitionSchema.__init__).parameters) == [
+        "self",
+        "validator",
+        "schema",
+    ]
+    assert list(inspect.signature(DefinitionSchema.__setitem__).parameters) == [
+        "self",
+        "key",
+        "value",
+    ]
+    assert list(inspect.signature(DefinitionSchema.copy).parameters) == ["self"]
+    # The validator's schema is a property whose setter SibylValidator wraps.
+    assert isinstance(CerberusValidator.schema, property)
+    assert CerberusValidator.schema.fset is not None
+    # copy() clones these attributes; a new one would be shared between copies.
+    checked = CheckedSchema(Validator({}), {"a": {"type": "string"}})
+    assert set(vars(checked)) == {"validator", "validation_schema", "schema_validator", "schema"}
+    assert checked.schema == {"a": {"type": "string"}}
+    clone = checked.copy()
+    clone["b"] = {"type": "integer"}
+    assert "b" not in checked.schema
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"model": "iris", "inputs": [[1, 2, 3, 4]]},
+        {"model": "iris", "inputs": [[1]], "tags": {"a": {"b": [1, 2.5]}}},
+        {"model": "", "inputs": []},
+        {"model": "iris", "inputs": [[1]], "status": "running"},
+        {"model": 3, "inputs": {"a": [1]}, "color": "red"},
+        {"model": "iris", "inputs": [[1]], "progress": {"done": "x"}},
+    ],
+)
+def test_checked_schema_validates_like_cerberus(document):
+    """Same verdict, errors and normalised document as Eve's plain validator, with the
+    checked schema shared between the validators of one app."""
+    with Flask(__name__).app_context():
+        ours = copy.deepcopy(DOMAIN["jobs"]["schema"])
+        theirs = copy.deepcopy(DOMAIN["jobs"]["schema"])
+        first = SibylValidator(ours, resource="jobs")
+        for _ in range(2):  # the second validator reuses the first one's CheckedSchema
+            sibyl = SibylValidator(ours, resource="jobs")
+            plain = Validator(theirs, resource="jobs")
+            assert isinstance(sibyl.schema, CheckedSchema)
+            assert sibyl.schema is first.schema
+            verdict = sibyl.validate(copy.deepcopy(document))
+            assert verdict == plain.validate(copy.deepcopy(document))
+            assert sibyl.errors == plain.errors
+            assert sibyl.document == plain.document
+
+
+def test_checked_schemas_live_with_their_app():
+    """One CheckedSchema per resource schema and app, kept in the app, not in the module."""
+    schema = copy.deepcopy(DOMAIN["jobs"]["schema"])
+    apps = [Flask(__name__), Flask(__name__)]
+    checked = []
+    for app in apps:
+        with app.app_context():
+            for _ in range(3):
+                checked.append(SibylValidator(schema, resource="jobs").schema)
+            assert len(app.extensions[CHECKED_SCHEMAS]) == 1
+    assert checked[0] is checked[2] and checked[3] is checked[5]
+    assert checked[0] is not checked[3]
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        ("iris", True),
+        ("g" * 24, True),
+        ("5f2b6c1d9e8a7b6c5d4e3f2", True),  # 23 digits
+        ("5f2b6c1d9e8a7b6c5d4e3f21", False),
+        ("5F2B6C1D9E8A7B6C5D4E3F21", False),
+    ],
+)
+def test_model_names_never_look_like_model_ids(name, valid):
+    validator = SibylValidator({"name": MODEL_NAME})
+    assert validator.validate({"name": name}) is valid
+    if not valid:
+        assert validator.errors == {
+            "name": "a model name may not look like a model id (24 hex digits)"
+        }

@@ -93,3 +93,16 @@ def test_killed_worker_is_replaced_after_its_lease(
         p["index"] for p in queue_db.predictions.find({"job": ObjectId(job_id)}, {"index": 1})
     ]
     assert sorted(indexes) == list(range(count))  # exactly one prediction per instance
+
+
+def test_a_worker_carries_the_jobs_owner_onto_its_predictions(
+    queueing_server, queue_db, queue_demo_models, start_worker
+):
+    from service.store.access import Identity
+
+    services = queueing_server.app.extensions["sibyl"]
+    bob = Identity(owner="bob", sees_all=False)
+    (document,) = services.jobs.submit([{"model": "iris", "inputs": [SETOSA] * 2}], bob)
+    start_worker()
+    assert services.jobs.wait([document["_id"]], 60, bob)
+    assert {p["owner"] for p in queue_db.predictions.find({"job": document["_id"]})} == {"bob"}
