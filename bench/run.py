@@ -109,6 +109,58 @@ def end_to_end(sibyl, naive, sizes: dict) -> list[dict]:
     return rows
 
 
+def write_concern_cost(sibyl, workdir: Path, sizes: dict) -> dict:
+    """Single-instance iris jobs with Sibyl's write concern (journaled by default) against
+    w:1 without journal: a second API (SIBYL_WRITE_CONCERN=w1) on the same database,
+    loaded in turn with the first at each concurrency."""
+    import settings
+
+    folder = workdir / "w1"
+    folder.mkdir()
+    mongo_uri = (workdir / "db" / "uri").read_text().strip()
+    unjournaled = start_sibyl(folder, {"SIBYL_WRITE_CONCERN": "w1"}, mongo_uri=mongo_uri)
+    features = sample_inputs()["iris"]
+
+    def body(i):
+        return {"model": "iris", "inputs": [features[i % len(features)]]}
+
+    rows = []
+    try:
+        unjournaled.wait_until_healthy()
+        requests.post(unjournaled.url + "/v1/jobs?wait=30", json=body(0), timeout=40)  # warm
+        for concurrency in sizes["concurrency"]:
+            bounds = dict(
+                concurrency=concurrency,
+                max_requests=sizes["max_requests"],
+                max_seconds=sizes["max_seconds"],
+            )
+            row = {"concurrency": concurrency}
+            for name, server in (("w1", unjournaled), ("durable", sibyl)):
+                # The database is the first server's child: its CPU is counted there.
+                db_before, api_before = sibyl.cpu_by_role()["db"], server.cpu_by_role()["app"]
+                result = run_load(
+                    server.url + "/v1/jobs?wait=30", body, **bounds, is_success=succeeded
+                )
+                jobs = max(result.requests, 1)
+                api_ms = (server.cpu_by_role()["app"] - api_before) * 1000 / jobs
+                db_ms = (sibyl.cpu_by_role()["db"] - db_before) * 1000 / jobs
+                row[name] = {
+                    **result.summary(),
+                    "cpu_ms_per_job": {"api": round(api_ms, 2), "database": round(db_ms, 2)},
+                }
+            row["throughput_ratio"] = round(
+                row["durable"]["throughput_per_s"] / row["w1"]["throughput_per_s"], 3
+            )
+            row["p50_ratio"] = round(row["durable"]["p50_ms"] / row["w1"]["p50_ms"], 3)
+            rows.append(row)
+            print(
+                f"  iris c={concurrency}: durable {row['throughput_ratio']}x w1 jobs/s", flush=True
+            )
+    finally:
+        unjournaled.stop()
+    return {"durable": settings.WRITE_CONCERN, "rows": rows}
+
+
 def bulk_job(sibyl_url: str, instances: int, limit: dict) -> dict:
     """One job of many iris instances, POST to the last prediction stored."""
     features = load_iris()[0].tolist()
@@ -210,6 +262,23 @@ def markdown(results: dict) -> str:
             f"| {n['p99_ms']} | {s['p99_ms']} "
             f"| {n['cpu_ms_per_request']} · {s['cpu_ms_per_job']['api']} · {s['cpu_ms_per_job']['database']} |"
         )
+    cost = results["write_concern"]
+    lines += [
+        "",
+        f"## Durable writes: iris jobs with SIBYL_WRITE_CONCERN={cost['durable']} against w1 (w:1, no journal), same database",
+        "",
+        f"| clients | w1 jobs/s | {cost['durable']} jobs/s | ratio | w1 p50 ms | {cost['durable']} p50 ms | p50 ratio | w1 p99 ms | {cost['durable']} p99 ms | CPU ms per job (API · DB): w1 → {cost['durable']} |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in cost["rows"]:
+        w1, durable = row["w1"], row["durable"]
+        lines.append(
+            f"| {row['concurrency']} | {w1['throughput_per_s']} | {durable['throughput_per_s']} "
+            f"| **{row['throughput_ratio']}×** | {w1['p50_ms']} | {durable['p50_ms']} | **{row['p50_ratio']}×** "
+            f"| {w1['p99_ms']} | {durable['p99_ms']} "
+            f"| {w1['cpu_ms_per_job']['api']} · {w1['cpu_ms_per_job']['database']} "
+            f"→ {durable['cpu_ms_per_job']['api']} · {durable['cpu_ms_per_job']['database']} |"
+        )
     bulk = results["bulk"]
     limit = results["limit"]
     lines += ["", "## Bulk job and the in-process limit", ""]
@@ -285,8 +354,14 @@ def main(argv: list[str] | None = None) -> int:
         results: dict = {"end_to_end": end_to_end(sibyl, naive, sizes)}
         naive.stop()
 
+        print("durable writes against w:1 without journal...", flush=True)
+        results["write_concern"] = write_concern_cost(sibyl, workdir, sizes)
+
         print("in-process limit...", flush=True)
-        client = pymongo.MongoClient((workdir / "db" / "uri").read_text(), tz_aware=True)
+        # With Sibyl's write concern: the limit's insert_many writes as the engine's do.
+        client = pymongo.MongoClient(
+            (workdir / "db" / "uri").read_text(), tz_aware=True, **settings.MONGO_WRITE_CONCERN
+        )
         db = client[settings.MONGO_DBNAME]
         models = {
             name: limits.model_rates(

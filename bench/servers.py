@@ -99,16 +99,17 @@ class Server:
                 self.process.wait()
 
 
-def start_sibyl(workdir: Path, extra_env: dict | None = None) -> Server:
-    """Sibyl as `make run` starts it: embedded database, gunicorn, demo models."""
+def start_sibyl(workdir: Path, extra_env: dict | None = None, mongo_uri: str = "") -> Server:
+    """Sibyl as `make run` starts it: embedded database (or the one at mongo_uri),
+    gunicorn, demo models."""
     port = free_port()
     env = {
         "SIBYL_PORT": str(port),
         "SIBYL_DB_PATH": str(workdir / "db"),
         "SIBYL_MODEL_CACHE_DIR": str(workdir / "models"),
         **(extra_env or {}),
+        "MONGO_URI": mongo_uri,  # empty: the embedded database, whatever the environment says
     }
-    env.pop("MONGO_URI", None)
     command = [sys.executable, "run.py", "serve"]
     return Server("sibyl", command, env, port, "/v1/healthz", workdir / "sibyl.log")
 

@@ -21,6 +21,8 @@ PREDICTIONS = {
         "owner": OWNER,
         # Which model call produced it: {"id": ..., "size": rows in that call}.
         "batch": {"type": "dict"},
+        # The job's attempt that wrote it (a retry overwrites an earlier attempt's rows).
+        "attempt": {"type": "integer"},
     },
     "mongo_indexes": {
         # A retried job can never store an instance's prediction twice.

@@ -39,8 +39,8 @@ class InputError(InvalidField, ValueError):
     field = "inputs"
 
 
-class JobsRejected(SibylError):
-    """Some documents of a submission are wrong: nothing of it was stored.
+class Rejected(SibylError):
+    """Some documents of a request are wrong: nothing of it was stored.
 
     issues: (position in the submission, field, message), in order.
     """

@@ -28,6 +28,13 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
         for side in ("naive", "sibyl"):
             assert row[side]["errors"] == 0
             assert row[side]["requests"] > 0
+    cost = results["write_concern"]
+    assert cost["durable"] == "journaled"
+    assert [row["concurrency"] for row in cost["rows"]] == [1, 4]
+    for row in cost["rows"]:
+        for side in ("w1", "durable"):
+            assert row[side]["errors"] == 0
+            assert row[side]["requests"] > 0
     assert results["bulk"]["instances"] == 300
     assert results["bulk"]["fraction_of_limit"] > 0
     assert [row["predictions"] for row in results["analyst"]] == [100, 1000]

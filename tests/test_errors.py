@@ -103,6 +103,7 @@ def test_predictions_are_read_only(api):
         ({"": 1}, "where: an empty field name"),
         ({"index": 2**64}, "where: index: integer out of the 64-bit range MongoDB takes"),
         ({"score": {"$gt": float("nan")}}, "where: score.$gt: NaN and Infinity are not allowed"),
+        ({"$expr": {"$gt": [1]}}, "the database refused the query: Expression $gt takes"),
     ],
 )
 def test_refused_filter_is_400_saying_why(api, db, where, message):

@@ -135,21 +135,33 @@ def test_two_workers_claim_each_job_once(queue_api, queue_db, queue_demo_models,
 
 
 def freeze_mid_job(queue_api, queue_db, start_worker, count: int, **settings):
-    """Queue one long job, let a worker with a 2 s lease run part of it, then SIGSTOP
-    the worker and wait until its lease has expired. Returns (worker, job id)."""
+    """Queue one long job, let a worker with a 2 s lease run part of it, SIGSTOP the
+    worker between two batches, and wait until its lease has expired.
+
+    Frozen where its next write is a batch of predictions (all it stored so far is
+    recorded as progress), so that once resumed it stores rows after the takeover.
+    Returns (worker, job id).
+    """
     created = queue_api.post("/jobs", json={"model": "iris", "inputs": [SETOSA] * count})
     assert created.status_code == 201, created.text
     job_id = ObjectId(created.json()["_id"])
 
     stale = start_worker(lease_seconds=2, max_batch_size=16, **settings)
-    wait_for(
-        lambda: job_of(queue_db, job_id)["progress"]["done"] > 0,
-        30,
-        "the first worker to store some predictions",
-    )
-    stale.send_signal(signal.SIGSTOP)
+
+    def progress() -> int:
+        return job_of(queue_db, job_id)["progress"]["done"]
+
+    done = 0
+    for attempt in range(10):
+        wait_for(lambda seen=done: progress() > seen, 30, "the first worker to make progress")
+        stale.send_signal(signal.SIGSTOP)
+        time.sleep(0.3)  # the requests it had sent are answered meanwhile
+        done = progress()
+        if queue_db.predictions.count_documents({"job": job_id}) == done or attempt == 9:
+            break
+        stale.send_signal(signal.SIGCONT)  # caught between its rows and its progress: again
     job = job_of(queue_db, job_id)
-    assert job["status"] == "running" and job["progress"]["done"] < count, job
+    assert job["status"] == "running" and 0 < done < count, job
     assert job["lease"]["worker"] == worker_name(stale)
     wait_for(
         lambda: job_of(queue_db, job_id)["lease"]["until"] < utcnow() - timedelta(seconds=0.2),

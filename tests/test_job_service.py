@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from conftest import ROOT
 
-from service.errors import JobsRejected
+from service.errors import Rejected
 from service.jobs.claims import JobQueue, utcnow
 from service.store.access import ANONYMOUS, SYSTEM, Identity, Store
 
@@ -37,7 +37,7 @@ def test_a_job_submitted_without_http_gets_its_predictions(live_server, db, demo
 
 def test_the_service_refuses_a_bad_submission_whole(live_server, db, demo_models):
     services = live_server.app.extensions["sibyl"]
-    with pytest.raises(JobsRejected) as refused:
+    with pytest.raises(Rejected) as refused:
         services.jobs.submit(
             [{"model": "iris", "inputs": [SETOSA]}, {"model": "tulip", "inputs": [SETOSA]}],
             ANONYMOUS,
@@ -139,9 +139,10 @@ def test_a_waited_answer_after_a_retry_equals_the_stored_predictions(
     (document,) = services.jobs.submit(
         [{"model": "iris", "inputs": [SETOSA, VIRGINICA]}], ANONYMOUS, watch=True
     )
-    # An earlier attempt stored instance 0 before its runner vanished.
+    # Attempt 1 stored instance 0 before its runner vanished; the job was requeued.
+    queue_db.jobs.update_one({"_id": document["_id"]}, {"$set": {"attempts": 1}})
     earlier = {"job": document["_id"], "index": 0, "output": [1.0, 0.0, 0.0], "label": "stale"}
-    queue_db.predictions.insert_one({**earlier, "batch": {"id": "earlier", "size": 1}})
+    queue_db.predictions.insert_one({**earlier, "score": 1.0, "attempt": 1, "batch": {}})
     runner = Runner(services.store, services.config, services.completions, "test")
     thread = threading.Thread(target=runner.sweep)
     thread.start()
@@ -153,3 +154,4 @@ def test_a_waited_answer_after_a_retry_equals_the_stored_predictions(
     fields = ["_id", "index", "output", "label", "score"]
     assert answer["predictions"] == [{f: p[f] for f in fields} for p in stored]
     assert [p["label"] for p in stored] == ["setosa", "virginica"]  # the newer attempt's rows
+    assert [p["attempt"] for p in stored] == [2, 2]

@@ -9,7 +9,7 @@ from flask import Flask, Response, abort, current_app, json, request
 from pymongo.errors import ConnectionFailure, OperationFailure
 from werkzeug.exceptions import BadRequest, NotFound, ServiceUnavailable
 
-from service.errors import InvalidField, JobsRejected, SibylError
+from service.errors import InvalidField, Rejected, SibylError
 
 RETRY_AFTER_SECONDS = 5
 
@@ -48,8 +48,11 @@ def database_unavailable(error: ConnectionFailure):
 
 # MongoDB's codes for a query it cannot run as written: BadValue, FailedToParse,
 # TypeMismatch, IndexNotFound ($text without a text index), InvalidOptions,
-# NoQueryExecutionPlans ($near without a geo index).
-QUERY_ERROR_CODES = {2, 9, 14, 27, 72, 291}
+# InvalidPipelineOperator (in $expr), NoQueryExecutionPlans ($near without a geo
+# index), QueryExceededMemoryLimitNoDiskUseAllowed (a sort no index serves). Checks
+# of $expr arguments answer codes named "Location<n>" (16020: "$gt takes exactly 2
+# arguments").
+QUERY_ERROR_CODES = {2, 9, 14, 27, 72, 168, 291, 292}
 
 
 def query_refused(error: OperationFailure):
@@ -57,9 +60,12 @@ def query_refused(error: OperationFailure):
 
     Other database failures, and any of a write, stay server errors.
     """
-    if request.method not in ("GET", "HEAD") or error.code not in QUERY_ERROR_CODES:
+    details = error.details or {}
+    code_name = str(details.get("codeName", ""))
+    client_error = error.code in QUERY_ERROR_CODES or code_name.startswith("Location")
+    if request.method not in ("GET", "HEAD") or not client_error:
         raise error
-    reason = (error.details or {}).get("errmsg") or str(error)
+    reason = details.get("errmsg") or str(error)
     return error_endpoint(BadRequest(description=f"the database refused the query: {reason}"))
 
 
@@ -85,27 +91,25 @@ def domain_error(error: SibylError) -> Response:
     body: dict = {"_status": "ERR", "_error": {"code": error.status, "message": error.message}}
     if isinstance(error, InvalidField) and error.field:
         body["_issues"] = {error.field: error.message}
-    if isinstance(error, JobsRejected):
-        body.update(
-            rejected_body(error.issues, bulk=isinstance(request.get_json(silent=True), list))
-        )
+    if isinstance(error, Rejected):
+        body.update(rejected_body(error.issues, request.get_json(silent=True)))
     return Response(json.dumps(body), error.status, mimetype="application/json")
 
 
-def rejected_body(issues: list[tuple[int, str, str]], bulk: bool) -> dict:
-    """Eve's shape of a refused POST: `_issues` per field, and `_items` for a bulk POST.
+def rejected_body(issues: list[tuple[int, str, str]], request_body) -> dict:
+    """Eve's shape of a refused write: `_issues` per field, and `_items` for a bulk POST.
 
     issues are (position in the request, field, message).
     """
-    position, _, first_message = issues[0]
-    if not bulk:
+    if not isinstance(request_body, list):
         return {"_issues": {field: message for _, field, message in issues}}
-    count = max(position for position, _, _ in issues) + 1
-    items: list[dict] = [{"_status": "OK"} for _ in range(count)]
+    # As before Eve's own shape was taken over: items up to the last one at fault.
+    items: list[dict] = [{"_status": "OK"} for _ in range(max(at for at, _, _ in issues) + 1)]
     for at, field, message in issues:
         items[at].setdefault("_issues", {})[field] = message
         items[at]["_status"] = "ERR"
-    return {
-        "_items": items,
-        "_error": {"code": 422, "message": f"job {position}: {first_message}"},
-    }
+    resource = (request.endpoint or "").partition("|")[0]
+    title = current_app.config["DOMAIN"].get(resource, {}).get("item_title", "document")
+    position, _, first_message = issues[0]
+    message = f"{title} {position}: {first_message}"
+    return {"_items": items, "_error": {"code": 422, "message": message}}

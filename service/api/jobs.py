@@ -18,7 +18,7 @@ from eve.utils import config
 from flask import Flask, abort, current_app, request
 
 from service.context import sibyl
-from service.errors import JobsRejected
+from service.errors import Rejected
 from service.store.data import request_identity
 
 RESOURCE = "jobs"
@@ -72,7 +72,7 @@ def post_jobs():
 
 def validated(bodies: list[dict]) -> list[dict]:
     """Each job checked against schemas/jobs.py by Eve's validator (defaults applied);
-    JobsRejected naming every field at fault otherwise."""
+    Rejected naming every field at fault otherwise."""
     resource_def = current_app.config["DOMAIN"][RESOURCE]
     validator = current_app.validator(
         resource_def["schema"], resource=RESOURCE, allow_unknown=resource_def["allow_unknown"]
@@ -85,7 +85,7 @@ def validated(bodies: list[dict]) -> list[dict]:
         for field, errors in validator.errors.items():
             issues.append((position, field, _message(errors)))
     if issues:
-        raise JobsRejected(issues)
+        raise Rejected(issues)
     return documents
 
 

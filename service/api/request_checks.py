@@ -13,11 +13,12 @@ import re
 
 from eve.io.mongo.mongo import Mongo
 from eve.io.mongo.parser import ParseError, parse
-from flask import Flask, Request, Response, abort, current_app, request
-from flask import json as flask_json
+from flask import Flask, Request, abort, current_app, request
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
+
+from service.errors import Rejected
 
 # page and max_results: ASCII digits (str.isdigit takes "²"), a bound Eve's
 # arithmetic and MongoDB's 64-bit skip are safe with.
@@ -122,7 +123,7 @@ def check_json_body() -> None:
             path, reason = found
             issues.append((position, path[0], f"{json_path(path)}: {reason}"))
     if issues:
-        abort(unprocessable(issues, len(documents) if isinstance(body, list) else 0))
+        raise Rejected(issues)
 
 
 def unstorable_number(value) -> tuple[tuple, str] | None:
@@ -134,7 +135,9 @@ def unstorable_number(value) -> tuple[tuple, str] | None:
         node, path = stack.pop()
         for key, child in node.items() if isinstance(node, dict) else enumerate(node):
             kind = type(child)
-            if kind is float and not math.isfinite(child):
+            # A job's inputs are checked against its model, which names the
+            # instance at fault ("inputs[1]: NaN, Infinity or null is not ...").
+            if kind is float and not math.isfinite(child) and path[:1] != ("inputs",):
                 return (*path, key), NOT_FINITE
             if kind is int and not INT64_MIN <= child <= INT64_MAX:
                 return (*path, key), OUT_OF_RANGE
@@ -149,23 +152,6 @@ def json_path(path: tuple) -> str:
     for key in path:
         text += f"[{key}]" if isinstance(key, int) else f".{key}" if text else key
     return text
-
-
-def unprocessable(issues: list[tuple[int, str, str]], bulk_size: int) -> Response:
-    """A 422 in Eve's shape: `_issues` per field, and `_items` for a bulk POST (bulk_size > 0).
-
-    issues are (position in the request, top-level field, message).
-    """
-    position, _, message = issues[0]
-    body: dict = {"_status": "ERR", "_error": {"code": 422, "message": message}}
-    if bulk_size:
-        body["_error"]["message"] = f"document {position}: {message}"
-        body["_items"] = [{"_status": "OK"} for _ in range(bulk_size)]
-        for at, field, text in issues:
-            body["_items"][at] = {"_status": "ERR", "_issues": {field: text}}
-    else:
-        body["_issues"] = {field: text for _, field, text in issues}
-    return Response(flask_json.dumps(body), 422, mimetype="application/json")
 
 
 def nesting_exceeds(value, limit: int) -> bool:

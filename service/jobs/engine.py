@@ -8,8 +8,9 @@ by worker processes alike.
 Prediction writes are fenced by the lease like every job write: after a batch's
 rows are stored, the progress or completion write (filtered on the lease token)
 tells whether the lease still holds; if it was lost, that batch's rows are
-removed again. An attempt that finds rows of an earlier attempt on its unique
-(job, index) keys overwrites them, so the newest attempt's rows are the ones kept.
+removed again. Rows carry their attempt: an attempt that finds rows of an earlier
+attempt on its unique (job, index) keys overwrites them, never those of a later
+one, so the newest attempt's rows are the ones kept.
 """
 
 import logging
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from bson import ObjectId
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from service.errors import InputError
 from service.jobs.claims import JobQueue, utcnow
@@ -270,6 +271,7 @@ class Engine:
                 "tags": job.tags,
                 "owner": job.owner,
                 "batch": batch_info,
+                "attempt": job.attempts,
                 "_created": now,
                 "_updated": now,
             }
@@ -293,7 +295,13 @@ class Engine:
         overwritten = set()
         for failed in errors:
             row = {key: value for key, value in documents[failed["index"]].items() if key != "_id"}
-            self.store.predictions.replace_one({"job": row["job"], "index": row["index"]}, row)
+            # Only an older attempt's row gives way; upsert: it may have just been
+            # withdrawn by its stale writer. A newer attempt's row stays (duplicate).
+            older = {"job": row["job"], "index": row["index"], "attempt": {"$lt": row["attempt"]}}
+            try:
+                self.store.predictions.replace_one(older, row, upsert=True)
+            except DuplicateKeyError:
+                continue
             overwritten.add(row["job"])
         return overwritten
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from bson import ObjectId
 
 from schemas.common import FINISHED_STATUSES
-from service.errors import Conflict, InvalidField, JobsRejected, Unprocessable
+from service.errors import Conflict, InvalidField, Rejected, Unprocessable
 from service.jobs.claims import JobQueue, new_job, utcnow
 from service.jobs.completions import Completions, Waiter
 from service.jobs.engine import Job
@@ -56,7 +56,7 @@ class JobService:
         """Accept jobs ({model, inputs, tags}) for identity; return their documents as stored.
 
         All or nothing: if any job names an unknown model or has inputs its model
-        cannot take, JobsRejected names each one and nothing is stored.
+        cannot take, Rejected names each one and nothing is stored.
         watch: the caller will await_finished() them (registered before they can end).
         """
         now = utcnow()
@@ -81,7 +81,7 @@ class JobService:
             documents.append(new_job(fields, model, count, lease, now))
             checked.append((model, arrays, count))
         if issues:
-            raise JobsRejected(issues)
+            raise Rejected(issues)
         self.store.acting_as(identity).jobs.insert_many(documents)
         if watch:
             self.completions.expect([document["_id"] for document in documents])
