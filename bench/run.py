@@ -112,7 +112,7 @@ def end_to_end(sibyl, naive, sizes: dict) -> list[dict]:
 def write_concern_cost(sibyl, workdir: Path, sizes: dict) -> dict:
     """Single-instance iris jobs with Sibyl's write concern (journaled by default) against
     w:1 without journal: a second API (SIBYL_WRITE_CONCERN=w1) on the same database,
-    loaded in turn with the first at each concurrency."""
+    loaded one after the other at each concurrency."""
     import settings
 
     folder = workdir / "w1"
@@ -128,14 +128,16 @@ def write_concern_cost(sibyl, workdir: Path, sizes: dict) -> dict:
     try:
         unjournaled.wait_until_healthy()
         requests.post(unjournaled.url + "/v1/jobs?wait=30", json=body(0), timeout=40)  # warm
-        for concurrency in sizes["concurrency"]:
+        for turn, concurrency in enumerate(sizes["concurrency"]):
             bounds = dict(
                 concurrency=concurrency,
                 max_requests=sizes["max_requests"],
                 max_seconds=sizes["max_seconds"],
             )
             row = {"concurrency": concurrency}
-            for name, server in (("w1", unjournaled), ("durable", sibyl)):
+            pair = [("w1", unjournaled), ("durable", sibyl)]
+            # Each goes first in turn: the database grows slower as jobs accumulate.
+            for name, server in pair[::-1] if turn % 2 else pair:
                 # The database is the first server's child: its CPU is counted there.
                 db_before, api_before = sibyl.cpu_by_role()["db"], server.cpu_by_role()["app"]
                 result = run_load(

@@ -27,9 +27,12 @@ def test_every_client_and_collection_asks_for_the_journal(test_settings):
             for resource in ("jobs", "models", "predictions"):
                 collection = app.data.get_collection_with_write_concern(resource, resource)
                 assert collection.write_concern.document == JOURNALED, resource
-            # GridFS uploads, the dispatcher and the hooks use Eve's client as it is.
+            # GridFS uploads, the job service and the engine use Eve's client as it is.
             assert app.data.pymongo().db.write_concern.document == JOURNALED
-            assert app.extensions["sibyl"].db.write_concern.document == JOURNALED
+            store = app.extensions["sibyl"].store
+            for scoped in (store.jobs, store.predictions, store.models):
+                assert scoped.collection.write_concern.document == JOURNALED
+            assert store.counters.write_concern.document == JOURNALED
     finally:
         app.extensions["sibyl"].close()
     # run.py's clients: the demo models and `run.py worker`.

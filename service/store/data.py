@@ -9,6 +9,7 @@ from flask import g, has_request_context
 from pymongo.errors import PyMongoError
 
 from service.store.access import ANONYMOUS, Identity
+from service.store.write_concern import JournaledWrites
 
 
 def request_identity() -> Identity:
@@ -18,9 +19,9 @@ def request_identity() -> Identity:
     return ANONYMOUS
 
 
-class SibylMongo(Mongo):
-    """Mongo data layer scoped to the request's identity, letting PyMongo errors reach
-    the 503 handler."""
+class SibylMongo(JournaledWrites, Mongo):
+    """Mongo data layer scoped to the request's identity, with durable writes, letting
+    PyMongo errors reach the 503 handler."""
 
     def _datasource_ex(self, resource, query=None, *args, **kwargs):
         """Every find, update and delete Eve makes goes through here: scope its filter."""
