@@ -20,6 +20,7 @@ import pymongo
 from gunicorn.app.base import BaseApplication
 
 import settings
+from service.store.access import Store
 from service.store.embedded_db import EmbeddedDatabase
 
 # Where `serve` leaves the embedded database's URI for workers on this machine.
@@ -68,8 +69,8 @@ def database_of(mongo_uri: str) -> pymongo.database.Database:
 
 def ensure_demo_models(mongo_uri: str) -> None:
     """Train and register the demo models, in a child so this process never loads TensorFlow."""
-    db = database_of(mongo_uri)
-    if db.models.count_documents({"name": {"$in": ["iris", "digits"]}}, limit=2) == 2:
+    models = Store(database_of(mongo_uri)).models
+    if len(list(models.find({"name": {"$in": ["iris", "digits"]}}, {"_id": 1}).limit(2))) == 2:
         return
     log.info("training the demo models (once, about half a minute)")
     subprocess.run(
@@ -133,7 +134,6 @@ def worker(args: argparse.Namespace) -> None:
     """Run queued jobs until SIGTERM or Ctrl-C, then finish the batch at hand."""
     from service.config import load_settings
     from service.jobs.dispatch import Worker
-    from service.store.access import Store
 
     mongo_uri = settings.MONGO_URI
     if not mongo_uri:

@@ -247,6 +247,15 @@ def download_models(sibyl_url: str, folder: Path) -> dict[str, Path]:
     return paths
 
 
+def paired_cells(base: dict, measured: dict, row: dict) -> str:
+    """Throughput, p50 and p99 of a baseline and a measured server, with the ratios."""
+    return (
+        f"| {base['throughput_per_s']} | {measured['throughput_per_s']} "
+        f"| **{row['throughput_ratio']}×** | {base['p50_ms']} | {measured['p50_ms']} "
+        f"| **{row['p50_ratio']}×** | {base['p99_ms']} | {measured['p99_ms']}"
+    )
+
+
 def markdown(results: dict) -> str:
     lines = [
         "## End-to-end single-instance jobs (Sibyl stores every job and prediction; naive stores nothing)",
@@ -259,9 +268,7 @@ def markdown(results: dict) -> str:
     for row in results["end_to_end"]:
         n, s = row["naive"], row["sibyl"]
         lines.append(
-            f"| {row['model']} | {row['concurrency']} | {n['throughput_per_s']} | {s['throughput_per_s']} "
-            f"| **{row['throughput_ratio']}×** | {n['p50_ms']} | {s['p50_ms']} | **{row['p50_ratio']}×** "
-            f"| {n['p99_ms']} | {s['p99_ms']} "
+            f"| {row['model']} | {row['concurrency']} {paired_cells(n, s, row)} "
             f"| {n['cpu_ms_per_request']} · {s['cpu_ms_per_job']['api']} · {s['cpu_ms_per_job']['database']} |"
         )
     cost = results["write_concern"]
@@ -275,9 +282,7 @@ def markdown(results: dict) -> str:
     for row in cost["rows"]:
         w1, durable = row["w1"], row["durable"]
         lines.append(
-            f"| {row['concurrency']} | {w1['throughput_per_s']} | {durable['throughput_per_s']} "
-            f"| **{row['throughput_ratio']}×** | {w1['p50_ms']} | {durable['p50_ms']} | **{row['p50_ratio']}×** "
-            f"| {w1['p99_ms']} | {durable['p99_ms']} "
+            f"| {row['concurrency']} {paired_cells(w1, durable, row)} "
             f"| {w1['cpu_ms_per_job']['api']} · {w1['cpu_ms_per_job']['database']} "
             f"→ {durable['cpu_ms_per_job']['api']} · {durable['cpu_ms_per_job']['database']} |"
         )

@@ -17,7 +17,7 @@ def on_pre_GET_jobs(request: Request, lookup: dict) -> None:
 
 def on_update_jobs(updates: dict, original: dict) -> None:
     """Only a job's tags may change."""
-    sibyl().jobs.check_update(updates, original)
+    sibyl().jobs.check_update(updates)
 
 
 def on_updated_jobs(updates: dict, original: dict) -> None:

@@ -268,3 +268,44 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
         "h5": model_builders.h5_model(folder / "legacy.h5"),
         "savedmodel": model_builders.savedmodel_zip(folder / "doubler.zip"),
     }
+
+
+def wait_for(condition, timeout: float, what: str):
+    """Poll condition until it returns something true; fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def start_worker(database, tmp_path, run_py):
+    """Start `run.py worker` processes on the queueing app's database.
+
+    Keyword arguments are settings (lease_seconds=2 sets SIBYL_LEASE_SECONDS).
+    Each worker logs to a file, shown with the test's output if it fails.
+    """
+    logs = []
+
+    def start(**settings) -> subprocess.Popen:
+        env = {
+            "MONGO_URI": database.uri,
+            "SIBYL_DB_NAME": QUEUE_DB_NAME,
+            "SIBYL_MODEL_CACHE_DIR": str(tmp_path / "models"),
+            "SIBYL_POLL_MS": "200",
+            **{f"SIBYL_{key.upper()}": str(value) for key, value in settings.items()},
+        }
+        path = tmp_path / f"worker-{len(logs)}.log"
+        with open(path, "wb") as log:
+            process = run_py("worker", env, stdout=log, stderr=subprocess.STDOUT)
+        process.log_path = path
+        logs.append(path)
+        return process
+
+    yield start
+    for path in logs:
+        print(f"--- {path.name} ---\n{path.read_text()[-3000:]}")

@@ -1,41 +1,11 @@
 """Workers mode: `run.py worker` processes drain the queue and outlive a killed worker."""
 
 import signal
-import subprocess
-import time
 
-import pytest
 from bson import ObjectId
-from conftest import QUEUE_DB_NAME
+from conftest import wait_for
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
-
-
-@pytest.fixture
-def start_worker(database, tmp_path, run_py):
-    """Start `run.py worker` processes on the queueing app's database."""
-
-    def start(**settings) -> subprocess.Popen:
-        env = {
-            "MONGO_URI": database.uri,
-            "SIBYL_DB_NAME": QUEUE_DB_NAME,
-            "SIBYL_MODEL_CACHE_DIR": str(tmp_path / "models"),
-            "SIBYL_POLL_MS": "200",
-            **{f"SIBYL_{key.upper()}": str(value) for key, value in settings.items()},
-        }
-        return run_py("worker", env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    return start
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_workers_drain_the_queue(queue_api, queue_db, queue_demo_models, start_worker):

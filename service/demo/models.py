@@ -2,8 +2,9 @@
 
     python -m service.demo.models    (run.py serve runs it on an empty database)
 
-Both train in seconds on data shipped in service/demo/data/, deterministically,
-and are registered like an upload (inspected in a sandboxed child first).
+Both train (about half a minute together) on data shipped in service/demo/data/,
+deterministically, and are registered like an upload (inspected in a sandboxed
+child first).
 """
 
 import csv
@@ -104,15 +105,15 @@ DEMOS = {
 
 def ensure_demo_models(db, limits: dict) -> list[str]:
     """Train and register the demo models missing from the database; return their names."""
-    added = []
+    added, store = [], Store(db)
     for name, (train, labels, description) in DEMOS.items():
-        if db.models.find_one({"name": name}, {"_id": 1}) is not None:
+        if store.models.find_one({"name": name}, {"_id": 1}) is not None:
             continue
         with tempfile.TemporaryDirectory() as workdir:
             path = Path(workdir) / f"{name}.keras"
             accuracy = train(path)
             model = model_store.register(
-                Store(db), name, path, labels=labels, description=description, limits=limits
+                store, name, path, labels=labels, description=description, limits=limits
             )
         log.info(
             "registered demo model %s v%s (training accuracy %.3f)",

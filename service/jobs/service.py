@@ -43,14 +43,8 @@ class JobService:
         self.completions = completions
         self.max_instances = config["MAX_INSTANCES_PER_JOB"]
         self._dispatcher = dispatcher
-
-    @property
-    def queue(self) -> JobQueue:
-        """The job queue of this process's runner (in-process mode), or a plain one."""
-        runner = self._dispatcher()
-        if runner is not None:
-            return runner.queue
-        return JobQueue(self.store, "api", 0, 0, self.completions.events)
+        # State changes made for a request (a deletion), with this process's events.
+        self._claims = JobQueue(store, "api", 0, 0, completions.events)
 
     def submit(self, submitted: list[dict], identity: Identity, watch: bool = False) -> list[dict]:
         """Accept jobs ({model, inputs, tags}) for identity; return their documents as stored.
@@ -170,7 +164,7 @@ class JobService:
         ]
         return document
 
-    def check_update(self, updates: dict, original: dict) -> None:
+    def check_update(self, updates: dict) -> None:
         """Only a job's tags may change once it is submitted."""
         frozen = sorted(set(updates) - {"tags", "_updated", "_etag"})
         if frozen:
@@ -189,4 +183,4 @@ class JobService:
 
     def deleted(self, job_id: ObjectId) -> None:
         """A deleted job takes its predictions with it."""
-        self.queue.deleted(job_id)
+        self._claims.deleted(job_id)

@@ -113,9 +113,6 @@ class ScopedCollection:
             raise PermissionError("only Sibyl's own processes watch collections")
         return self.collection.watch(pipeline, **kwargs)
 
-    def find_one_and_update(self, query: dict, update: dict, **kwargs):
-        return self.collection.find_one_and_update(self._scope(query), update, **kwargs)
-
 
 class Store:
     """The database as one identity sees it."""
