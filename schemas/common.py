@@ -6,6 +6,8 @@ FINISHED_STATUSES = ["succeeded", "failed"]
 MODEL_STATUSES = ["ready", "rejected"]
 
 # Set by the service, never by a client: Cerberus refuses them in a payload.
+# (Eve would otherwise store a client's own `_id`.)
+ID = {"type": "objectid", "readonly": True}
 OWNER = {"type": "string", "readonly": True, "nullable": True}
 READONLY_INT = {"type": "integer", "readonly": True}
 READONLY_DATETIME = {"type": "datetime", "readonly": True, "nullable": True}

@@ -1,6 +1,6 @@
 """The jobs resource: a client's request to run a model on a list of inputs."""
 
-from schemas.common import JOB_STATUSES, OWNER, READONLY_DATETIME, READONLY_INT, TAGS
+from schemas.common import ID, JOB_STATUSES, OWNER, READONLY_DATETIME, READONLY_INT, TAGS
 
 JOBS = {
     "item_title": "job",
@@ -13,6 +13,7 @@ JOBS = {
     # The answer to a POST shows where the job stands and what it runs on.
     "extra_response_fields": ["status", "model_ref"],
     "schema": {
+        "_id": ID,
         # As submitted: "iris", "iris@2" or a model id.
         "model": {"type": "string", "required": True, "empty": False, "maxlength": 100},
         # What `model` resolved to when the job was accepted.

@@ -1,12 +1,13 @@
 """The models resource: uploaded model files, versioned per name, with signatures."""
 
-from schemas.common import MODEL_NAME, MODEL_STATUSES, OWNER, READONLY_INT, TENSOR_SPEC
+from schemas.common import ID, MODEL_NAME, MODEL_STATUSES, OWNER, READONLY_INT, TENSOR_SPEC
 
 MODELS = {
     "item_title": "model",
     "resource_methods": ["GET", "POST"],
     "item_methods": ["GET", "DELETE"],
     "schema": {
+        "_id": ID,
         "name": MODEL_NAME,
         # Assigned on upload: 1, 2, ... per name.
         "version": READONLY_INT,

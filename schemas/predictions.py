@@ -1,6 +1,6 @@
 """The predictions resource: one document per input instance, written by the service."""
 
-from schemas.common import OWNER, TAGS
+from schemas.common import ID, OWNER, TAGS
 
 PREDICTIONS = {
     "item_title": "prediction",
@@ -8,6 +8,7 @@ PREDICTIONS = {
     "resource_methods": ["GET"],
     "item_methods": ["GET"],
     "schema": {
+        "_id": ID,
         "job": {"type": "objectid", "data_relation": {"resource": "jobs"}},
         "model": {"type": "string"},
         "model_version": {"type": "integer"},

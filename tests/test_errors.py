@@ -40,7 +40,10 @@ def test_body_over_the_limit_is_413(start_server, db, demo_models):
     inputs = [[1.0, 2.0, 3.0, 4.0]] * 1_000
     response = api.post("/jobs", json={"model": "iris", "inputs": inputs})
     assert response.status_code == 413
-    assert response.json()["_error"]["code"] == 413
+    assert response.json()["_error"] == {
+        "code": 413,
+        "message": "the body is larger than 10000 bytes",
+    }
     assert db.jobs.count_documents({}) == 0
     assert (
         api.post("/jobs?wait=10", json={"model": "iris", "inputs": inputs[:10]}).status_code == 201
@@ -158,6 +161,34 @@ def test_numbers_mongodb_cannot_take_are_422(
     assert queue_db.jobs.count_documents({}) == 0
 
 
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ({"tags": {"$where": "1"}}, "tags", "tags.$where: a field name may not start with $"),
+        ({"tags": {"run": {"a.b": 1}}}, "tags", "tags.run.a.b: a field name may not start with"),
+        ({"_id": "0" * 24}, "_id", "field is read-only"),
+    ],
+)
+def test_field_names_and_ids_a_client_may_not_set_are_422(
+    queue_api, queue_db, queue_demo_models, body, field, message
+):
+    job = {"model": "iris", "inputs": [[1, 2, 3, 4]], **body}
+    response = queue_api.post("/jobs", json=job)
+    assert response.status_code == 422
+    assert message in response.json()["_issues"][field]
+    assert queue_db.jobs.count_documents({}) == 0
+
+
+def test_patch_with_a_dotted_tag_is_422_and_changes_nothing(queue_api, queue_db, queue_demo_models):
+    job = queue_api.post("/jobs", json={"model": "iris", "inputs": [[1, 2, 3, 4]]}).json()
+    response = queue_api.patch(
+        f"/jobs/{job['_id']}", json={"tags": {"a.b": 1}}, headers={"If-Match": job["_etag"]}
+    )
+    assert response.status_code == 422
+    assert response.json()["_issues"]["tags"].startswith("tags.a.b: a field name may not")
+    assert queue_db.jobs.find_one()["tags"] == {}
+
+
 def test_bulk_post_with_one_unstorable_number_stores_nothing(
     queue_api, queue_db, queue_demo_models
 ):
@@ -167,6 +198,21 @@ def test_bulk_post_with_one_unstorable_number_stores_nothing(
     items = response.json()["_items"]
     assert items[0] == {"_status": "OK"}
     assert items[1]["_issues"]["tags"].startswith("tags.x: NaN and Infinity are not allowed")
+    assert queue_db.jobs.count_documents({}) == 0
+
+
+def test_non_finite_inputs_are_named_by_instance_and_tags_named_inputs_are_not_spared(
+    queue_api, queue_db, queue_demo_models
+):
+    # Inputs are the model's to check, in a bulk POST too; a tag called "inputs" is not.
+    body = "[" + job_body() + ", " + job_body(inputs="[[1, 2, NaN, 4]]") + "]"
+    response = queue_api.post("/jobs", data=body, headers=JSON)
+    assert response.status_code == 422
+    message = response.json()["_items"][1]["_issues"]["inputs"]
+    assert message.startswith("inputs[0]: NaN, Infinity or null")
+    response = queue_api.post("/jobs", data=job_body('{"inputs": [NaN]}'), headers=JSON)
+    assert response.status_code == 422
+    assert response.json()["_issues"]["tags"].startswith("tags.inputs[0]: NaN and Infinity")
     assert queue_db.jobs.count_documents({}) == 0
 
 

@@ -121,6 +121,8 @@ def test_page_size_is_capped(api, seeded):
         ({"projection": '{"label": 5}'}, "projection: values must be 1 (include) or 0"),
         ({"sort": '[("score", 2)]'}, "sort: expected -field,field"),
         ({"sort": "score,,label"}, "sort: an empty field name"),
+        ({"sort": "$natural"}, "sort: a field name may not start with $"),
+        ({"sort": '[("$natural", 1)]'}, "sort: a field name may not start with $"),
         ({"max_results": "ten"}, "max_results must be a positive whole number"),
         ({"page": "0"}, "page must be a positive whole number"),
     ],

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from eve.endpoints import error_endpoint
 from flask import Flask, Response, abort, current_app, json, request
 from pymongo.errors import ConnectionFailure, OperationFailure
-from werkzeug.exceptions import BadRequest, NotFound, ServiceUnavailable
+from werkzeug.exceptions import BadRequest, NotFound, RequestEntityTooLarge, ServiceUnavailable
 
 from service.errors import InvalidField, Rejected, SibylError
 
@@ -20,6 +20,7 @@ def register(app: Flask) -> None:
     app.register_error_handler(OperationFailure, query_refused)
     app.register_error_handler(SibylError, domain_error)
     app.register_error_handler(404, not_found)
+    app.register_error_handler(RequestEntityTooLarge, too_large)
 
 
 def not_found(error: NotFound):
@@ -34,6 +35,14 @@ def not_found(error: NotFound):
     else:
         description = error.description
     return error_endpoint(NotFound(description=description))
+
+
+def too_large(error: RequestEntityTooLarge):
+    """A 413 that says the limit (Werkzeug's own message does not)."""
+    limit = request.max_content_length
+    if error.description == RequestEntityTooLarge.description and limit is not None:
+        error = RequestEntityTooLarge(f"the body is larger than {limit} bytes")
+    return error_endpoint(error)
 
 
 def database_unavailable(error: ConnectionFailure):

@@ -31,6 +31,9 @@ WHOLE_NUMBER = re.compile(r"[0-9]{1,10}")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 NOT_FINITE = "NaN and Infinity are not allowed (nor numbers beyond ±1.8e308)"
 OUT_OF_RANGE = "integer out of the 64-bit range MongoDB takes"
+# A stored key starting with $ cannot be queried, and Eve reshapes a dotted one
+# ({"a.b": 1} became {"a": {"b": 1}}).
+BAD_KEY = "a field name may not start with $ or contain a dot"
 
 
 class SibylRequest(Request):
@@ -94,8 +97,8 @@ def allow_model_uploads() -> None:
 
 
 def check_json_body() -> None:
-    """Parse JSON bodies early: refuse too-deep nesting with a 400, and numbers MongoDB
-    cannot store with a 422, before Eve sees them."""
+    """Parse JSON bodies early: refuse too-deep nesting with a 400, and numbers or field
+    names MongoDB cannot store with a 422, before Eve sees them."""
     if request.method not in ("POST", "PUT", "PATCH"):
         return
     if request.mimetype not in current_app.config["JSON_REQUEST_CONTENT_TYPES"]:
@@ -106,7 +109,8 @@ def check_json_body() -> None:
         body = request.get_json(force=True)
     except RecursionError:
         abort(400, description=f"JSON body is nested deeper than {limit} levels")
-    if nesting_exceeds(body, limit):
+    too_deep, number = scan_json(body, limit, int(isinstance(body, list)), keys=True)
+    if too_deep:
         abort(400, description=f"JSON body is nested deeper than {limit} levels")
     if request.method == "POST" and isinstance(body, list):
         if not body:
@@ -115,35 +119,58 @@ def check_json_body() -> None:
             abort(400, description="a bulk POST is a list of JSON objects")
     elif not isinstance(body, dict):
         abort(400, description="the JSON body must be an object (or, to POST many, a list of them)")
-    documents = body if isinstance(body, list) else [body]
-    issues = []
-    for position, document in enumerate(documents):
-        found = unstorable_number(document)
-        if found:
-            path, reason = found
-            issues.append((position, path[0], f"{json_path(path)}: {reason}"))
-    if issues:
-        raise Rejected(issues)
+    if number is not None:
+        path, reason = number
+        if isinstance(body, list):  # (position, field, ...) in a bulk POST
+            position, path = path[0], path[1:]
+        else:
+            position = 0
+        raise Rejected([(position, path[0], f"{json_path(path)}: {reason}")])
 
 
-def unstorable_number(value) -> tuple[tuple, str] | None:
-    """The path to a number in a parsed JSON value that cannot be stored, and why."""
+def scan_json(
+    value, depth_limit: int, document_level: int = 0, keys: bool = False
+) -> tuple[bool, tuple[tuple, str] | None]:
+    """One walk of a parsed JSON value: (nested deeper than depth_limit, the path to the
+    first value MongoDB cannot store and why): a number, or with keys, a field name.
+    document_level: 1 when value is a list of documents (a bulk POST), 0 when it is one."""
     if not isinstance(value, (dict, list)):
-        return None
+        return False, None
+    found = None
     stack = [(value, ())]
     while stack:
         node, path = stack.pop()
         for key, child in node.items() if isinstance(node, dict) else enumerate(node):
+            if keys and found is None and type(key) is str and (key[:1] == "$" or "." in key):
+                found = (*path, key), BAD_KEY
             kind = type(child)
+            if kind is dict or kind is list:
+                if len(path) + 2 > depth_limit:
+                    return True, found
+                stack.append((child, (*path, key)))
+            elif found is not None:
+                continue
             # A job's inputs are checked against its model, which names the
             # instance at fault ("inputs[1]: NaN, Infinity or null is not ...").
-            if kind is float and not math.isfinite(child) and path[:1] != ("inputs",):
-                return (*path, key), NOT_FINITE
-            if kind is int and not INT64_MIN <= child <= INT64_MAX:
-                return (*path, key), OUT_OF_RANGE
-            if kind is dict or kind is list:
-                stack.append((child, (*path, key)))
-    return None
+            elif (
+                kind is float
+                and not math.isfinite(child)
+                and path[document_level : document_level + 1] != ("inputs",)
+            ):
+                found = (*path, key), NOT_FINITE
+            elif kind is int and not INT64_MIN <= child <= INT64_MAX:
+                found = (*path, key), OUT_OF_RANGE
+    return False, found
+
+
+def unstorable_number(value) -> tuple[tuple, str] | None:
+    """The path to a number in a parsed JSON value that cannot be stored, and why."""
+    return scan_json(value, depth_limit=2**31)[1]
+
+
+def nesting_exceeds(value, limit: int) -> bool:
+    """Tell whether lists and dicts in a parsed JSON value nest deeper than limit."""
+    return scan_json(value, limit)[0]
 
 
 def json_path(path: tuple) -> str:
@@ -152,22 +179,6 @@ def json_path(path: tuple) -> str:
     for key in path:
         text += f"[{key}]" if isinstance(key, int) else f".{key}" if text else key
     return text
-
-
-def nesting_exceeds(value, limit: int) -> bool:
-    """Tell whether lists and dicts in a parsed JSON value nest deeper than limit."""
-    if not isinstance(value, (list, dict)):
-        return False
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node
-        for child in children:
-            if isinstance(child, (list, dict)):
-                if depth + 1 > limit:
-                    return True
-                stack.append((child, depth + 1))
-    return False
 
 
 def check_query_args() -> None:
@@ -236,8 +247,13 @@ def check_sort(raw: str) -> None:
             for k in keys
         ):
             abort(400, description='sort: expected -field,field or [("field", -1), ...]')
-    elif any(not name.strip().lstrip("-") for name in raw.split(",")):
+        names = [name for name, _ in keys]
+    else:
+        names = [name.strip().lstrip("-") for name in raw.split(",")]
+    if any(not name for name in names):
         abort(400, description="sort: an empty field name")
+    if any(name.startswith("$") for name in names):
+        abort(400, description="sort: a field name may not start with $")
 
 
 def _json_object(name: str, raw: str) -> dict:
