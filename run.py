@@ -5,9 +5,12 @@ python run.py [serve]   the API under gunicorn (default); starts the embedded
                         demo models on an empty database
 python run.py worker    a worker process running queued jobs (any number; with
                         SIBYL_INFERENCE=workers the API only queues)
+python run.py keys create --role client --name alice   make an API key (shown once)
+python run.py keys list | keys revoke <id>              list or revoke keys
 """
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -22,6 +25,7 @@ from gunicorn.app.base import BaseApplication
 import settings
 from service.store.access import Store
 from service.store.embedded_db import EmbeddedDatabase
+from service.store.keys import ROLES, Keys
 
 # Where `serve` leaves the embedded database's URI for workers on this machine.
 EMBEDDED_URI_FILE = Path(settings.EMBEDDED_DB_PATH) / "uri"
@@ -80,6 +84,72 @@ def ensure_demo_models(mongo_uri: str) -> None:
     )
 
 
+def ensure_admin_key(mongo_uri: str) -> None:
+    """First start: make an admin key, print it once and keep it in ADMIN_KEY_FILE (0600).
+
+    SIBYL_ADMIN_KEY, when set, is the admin key instead (created if not stored yet).
+    """
+    keys = Keys(database_of(mongo_uri).keys)
+    chosen = os.environ.get("SIBYL_ADMIN_KEY", "").strip()
+    if chosen:
+        if keys.check(chosen) is None:
+            try:
+                keys.create("admin", "admin", key=chosen)
+            except ValueError as error:
+                raise SystemExit(f"SIBYL_ADMIN_KEY: {error}") from None
+            log.info("admin key from SIBYL_ADMIN_KEY stored")
+        return
+    if keys.has_admin():
+        return
+    document, key = keys.create("admin", "admin")
+    path = Path(settings.ADMIN_KEY_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(key + "\n")
+    # Printed once, to the terminal that started Sibyl; never logged again.
+    print(
+        f"\nFirst start: admin API key {document['_id']} created (shown once, also in "
+        f"{path}, mode 0600):\n\n    {key}\n",
+        flush=True,
+    )
+
+
+def manage_keys(args: argparse.Namespace) -> None:
+    """keys create | list | revoke, straight on the database."""
+    mongo_uri = database_uri()
+    keys = Keys(database_of(mongo_uri).keys)
+    if args.action == "create":
+        try:
+            document, key = keys.create(args.role, args.name, args.owner)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
+        print(json.dumps({"id": document["_id"], "role": args.role, "owner": document["owner"]}))
+        print(key)
+    elif args.action == "list":
+        for key in keys.list():
+            state = f"revoked {key['revoked_at']:%Y-%m-%d %H:%M}" if key["revoked"] else "active"
+            print(f"{key['_id']}  {key['role']:<8} {key['name']:<20} owner={key['owner']}  {state}")
+    elif not keys.revoke(args.id):
+        raise SystemExit(f"no active key with id {args.id}")
+    else:
+        print(f"revoked {args.id} (other API processes stop accepting it within "
+              f"{settings.KEY_CACHE_SECONDS:g} s)")
+
+
+def database_uri() -> str:
+    """MONGO_URI, or the URI of the embedded database `serve` runs on this machine."""
+    if settings.MONGO_URI:
+        return settings.MONGO_URI
+    if not EMBEDDED_URI_FILE.exists():
+        raise SystemExit(
+            "MONGO_URI is not set and no embedded database is running here: "
+            "start `make run` first, or set MONGO_URI to the API's database"
+        )
+    return EMBEDDED_URI_FILE.read_text().strip()
+
+
 def redact(uri: str) -> str:
     """Hide the password in a MongoDB URI before logging it."""
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", uri)
@@ -116,6 +186,8 @@ def serve(args: argparse.Namespace) -> None:
         "worker_exit": close,
     }
     try:
+        if settings.AUTH:
+            ensure_admin_key(mongo_uri)
         if settings.DEMO_MODELS:
             ensure_demo_models(mongo_uri)
         # Gunicorn's master handles SIGINT/SIGTERM: it stops the workers, then
@@ -135,14 +207,7 @@ def worker(args: argparse.Namespace) -> None:
     from service.config import load_settings
     from service.jobs.dispatch import Worker
 
-    mongo_uri = settings.MONGO_URI
-    if not mongo_uri:
-        if not EMBEDDED_URI_FILE.exists():
-            raise SystemExit(
-                "MONGO_URI is not set and no embedded database is running here: "
-                "start `make run` first, or set MONGO_URI to the API's database"
-            )
-        mongo_uri = EMBEDDED_URI_FILE.read_text().strip()
+    mongo_uri = database_uri()
     log.info("worker on %s", redact(mongo_uri))
     runner = Worker(Store(database_of(mongo_uri)), load_settings())
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -160,6 +225,16 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the API (default)").set_defaults(func=serve)
     commands.add_parser("worker", help="run queued jobs").set_defaults(func=worker)
+    keys = commands.add_parser("keys", help="make, list and revoke API keys")
+    keys.set_defaults(func=manage_keys)
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="make a key and print it (once)")
+    create.add_argument("--role", required=True, choices=ROLES)
+    create.add_argument("--name", required=True, help="who or what the key is for")
+    create.add_argument("--owner", help="the owner its jobs belong to (default: the name)")
+    actions.add_parser("list", help="every key, revoked ones too (never the secrets)")
+    revoke = actions.add_parser("revoke", help="stop a key from working")
+    revoke.add_argument("id")
     args = parser.parse_args(argv)
     getattr(args, "func", serve)(args)
 

@@ -78,6 +78,16 @@ MAX_JSON_DEPTH = _int("SIBYL_MAX_JSON_DEPTH", 32)
 # the `$in` of a thousand ObjectIds fits; gunicorn's own limit is lifted (run.py).
 MAX_URL_BYTES = _int("SIBYL_MAX_URL_BYTES", 64 * 1024)
 
+# --- access control ---------------------------------------------------------
+# Every request needs an API key (service/api/auth.py). Only an explicit "off"
+# turns that off, and the API then warns at every start.
+AUTH = _choice("SIBYL_AUTH", "on", ("on", "off")) == "on"
+# A key revoked in another process stops working here within this many seconds.
+KEY_CACHE_SECONDS = float(_int("SIBYL_KEY_CACHE_MS", 2000)) / 1000
+# run.py serve creates an admin key on first start and writes it here (mode 0600),
+# unless SIBYL_ADMIN_KEY (read by run.py only, never kept in the config) gives one.
+ADMIN_KEY_FILE = os.environ.get("SIBYL_ADMIN_KEY_FILE", "var/admin.key")
+
 # --- Eve ------------------------------------------------------------------
 API_VERSION = "v1"
 URL_PREFIX = ""

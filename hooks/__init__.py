@@ -2,7 +2,7 @@
 
 from eve import Eve
 
-from hooks import jobs, models, pagination
+from hooks import items, jobs, models, pagination
 from service.api.errors import as_http_errors
 
 
@@ -10,6 +10,7 @@ def register(app: Eve) -> None:
     """Attach every hook to the app, grouped by resource; domain errors answer as themselves."""
     app.on_fetched_resource += pagination.on_fetched_resource
     app.on_fetched_item += pagination.on_fetched_item
+    app.on_pre_DELETE += items.on_pre_DELETE
 
     app.on_pre_GET_jobs += as_http_errors(jobs.on_pre_GET_jobs)
     app.on_update_jobs += as_http_errors(jobs.on_update_jobs)

@@ -3,8 +3,9 @@
 from eve import Eve
 
 import hooks
-from service.api import errors, jobs, request_checks
+from service.api import auth, errors, jobs, request_checks
 from service.api.health import health
+from service.api.keys import keys
 from service.api.validation import SibylValidator
 from service.config import load_settings
 from service.context import Sibyl
@@ -29,9 +30,12 @@ def create_app(overrides: dict | None = None) -> Eve:
     )
     app.extensions["sibyl"] = Sibyl(app)
     errors.register(app)
+    auth.register_authentication(app)
+    auth.register_authorization(app)
     request_checks.register(app)
     media.register(app)
     hooks.register(app)
     jobs.register(app)
     app.register_blueprint(health, url_prefix=app.api_prefix)
+    app.register_blueprint(keys, url_prefix=app.api_prefix)
     return app

@@ -12,6 +12,7 @@ from service.jobs.events import JobEvents
 from service.jobs.service import JobService
 from service.registry.model_store import ModelLookup
 from service.store.access import SYSTEM, Store
+from service.store.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ class Sibyl:
         # Eve's own client, reused outside requests (the dispatcher thread).
         with app.app_context():
             self.store = Store(app.data.driver.db, SYSTEM)
+        self.keys = Keys(self.store.db.keys, app.config["KEY_CACHE_SECONDS"])
         self.events = JobEvents()
         self.completions = Completions(self.events)
         self.models = ModelLookup(self.store, app.config["MODEL_LOOKUP_TTL_S"])

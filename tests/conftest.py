@@ -32,14 +32,14 @@ QUEUE_DB_NAME = "sibyl_queue_test"
 
 
 class Api:
-    """A tiny HTTP client bound to one server's /v1 prefix.
+    """A tiny HTTP client bound to one server's /v1 prefix, sending one API key."""
 
-    Authentication arrives later as one keyword: Api(url, key=...).
-    """
-
-    def __init__(self, base_url: str, headers: dict | None = None):
+    def __init__(self, base_url: str, key: str | None = None, headers: dict | None = None):
         self.base_url = base_url
+        self.key = key
         self.session = requests.Session()
+        if key is not None:
+            self.session.headers["Authorization"] = f"Bearer {key}"
         self.session.headers.update(headers or {})
 
     def request(self, method: str, path: str, **kwargs) -> requests.Response:
@@ -68,9 +68,21 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+        self._keys: dict[tuple[str, str], str] = {}
 
-    def api(self, **kwargs) -> Api:
-        return Api(self.url + "/v1", **kwargs)
+    def key(self, role: str = "admin", name: str | None = None) -> str:
+        """A key of this app's database with the role (made once per role and name;
+        the per-test emptying of the database keeps keys)."""
+        name = name or role
+        if (role, name) not in self._keys:
+            keys = self.app.extensions["sibyl"].keys
+            self._keys[role, name] = keys.create(role, name)[1]
+        return self._keys[role, name]
+
+    def api(self, role: str | None = "admin", name: str | None = None, **kwargs) -> Api:
+        """A client with a key of the role (an admin by default); role=None: no key."""
+        key = None if role is None else self.key(role, name)
+        return Api(self.url + "/v1", key=key, **kwargs)
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -126,7 +138,8 @@ def emptied(database: EmbeddedDatabase, name: str) -> Iterator[pymongo.database.
     client = pymongo.MongoClient(database.uri, tz_aware=True)
     test_db = client[name]
     for collection in test_db.list_collection_names():
-        test_db[collection].delete_many({})
+        if collection != "keys":  # made once per session (LiveServer.key)
+            test_db[collection].delete_many({})
     yield test_db
     client.close()
 

@@ -57,9 +57,10 @@ def start_database(tmp_path):
         server.stop()
 
 
-def post_until(url: str, stop: threading.Event, acknowledged: list, refused: list) -> None:
+def post_until(url: str, key: str, stop: threading.Event, acknowledged: list, refused: list):
     """One client: POST single-instance jobs, recording the id of every 201."""
     session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {key}"
     while not stop.is_set():
         try:
             response = session.post(url, json={"model": "iris", "inputs": [SETOSA]}, timeout=15)
@@ -90,8 +91,9 @@ def test_acknowledged_jobs_survive_a_database_crash(
     server = LiveServer(create_app(config))
     try:
         url = server.url + "/v1/jobs"
-        warm = requests.post(
-            url + "?wait=30", json={"model": "iris", "inputs": [SETOSA]}, timeout=40
+        key = server.key("client")
+        warm = server.api("client").post(
+            "/jobs?wait=30", json={"model": "iris", "inputs": [SETOSA]}, timeout=40
         )
         assert warm.json()["status"] == "succeeded"  # the model is loaded
 
@@ -99,7 +101,7 @@ def test_acknowledged_jobs_survive_a_database_crash(
         refused: list = []
         stop = threading.Event()
         clients = [
-            threading.Thread(target=post_until, args=(url, stop, acknowledged, refused))
+            threading.Thread(target=post_until, args=(url, key, stop, acknowledged, refused))
             for _ in range(8)
         ]
         for thread in clients:

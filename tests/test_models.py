@@ -5,7 +5,6 @@ import pickle
 import zipfile
 
 import pytest
-import requests
 from conftest import upload_model
 
 LABELS = ["a", "b", "c"]
@@ -33,7 +32,7 @@ def test_upload_records_signature_and_versions(api, db, model_files):
     assert [m["version"] for m in listed["_items"]] == [1, 2]
 
     # The file downloads from the URL Eve gives for the media field.
-    download = requests.get(api.base_url.removesuffix("/v1") + model["file"]["file"], timeout=10)
+    download = api.session.get(api.base_url.removesuffix("/v1") + model["file"]["file"])
     assert download.status_code == 200
     assert download.content == model_files["tiny"].read_bytes()
 

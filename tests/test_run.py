@@ -63,6 +63,7 @@ def serve(tmp_path, run_py):
         "SIBYL_DB_PATH": str(tmp_path / "db"),
         "SIBYL_MODEL_CACHE_DIR": str(tmp_path / "models"),
         "SIBYL_WEB_WORKERS": "1",
+        "SIBYL_ADMIN_KEY_FILE": str(tmp_path / "admin.key"),
         "MONGO_URI": "",  # unset: the embedded database
     }
 
@@ -72,15 +73,28 @@ def serve(tmp_path, run_py):
         wait_until_healthy(url, process)
         return process, url
 
+    start.env = env
     return start
 
 
-def test_serve_trains_demo_models_stops_cleanly_and_keeps_data(serve):
+def keyed(key: str) -> requests.Session:
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {key}"
+    return session
+
+
+def test_serve_trains_demo_models_stops_cleanly_and_keeps_data(serve, tmp_path):
     process, url = serve()
     family = descendants(process.pid)
     assert len(family) >= 2  # the database and at least one API worker
+    # First start: an admin key, in a file only its owner may read.
+    key_file = tmp_path / "admin.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    admin_key = key_file.read_text().strip()
+    assert requests.get(url + "/v1/jobs", timeout=10).status_code == 401
+    http = keyed(admin_key)  # the README's examples send the key
     # The README's first example, against gunicorn and the embedded database.
-    job = requests.post(
+    job = http.post(
         url + "/v1/jobs?wait=30",
         json={"model": "iris", "inputs": [[5.1, 3.5, 1.4, 0.2]]},
         timeout=40,
@@ -88,7 +102,7 @@ def test_serve_trains_demo_models_stops_cleanly_and_keeps_data(serve):
     assert job.status_code == 201
     assert job.json()["status"] == "succeeded"
     assert job.json()["predictions"][0]["label"] == "setosa"
-    digits = requests.post(
+    digits = http.post(
         url + "/v1/jobs?wait=30", json={"model": "digits", "inputs": [[[0] * 8] * 8]}, timeout=40
     )
     assert digits.json()["status"] == "succeeded"
@@ -96,13 +110,13 @@ def test_serve_trains_demo_models_stops_cleanly_and_keeps_data(serve):
     # it, and past the body limit with a chunked body, the answers are JSON.
     ids = [f"{i:024x}" for i in range(600)]
     where = {"where": json.dumps({"job": {"$in": ids}})}
-    assert requests.get(url + "/v1/predictions", params=where, timeout=10).status_code == 200
+    assert http.get(url + "/v1/predictions", params=where, timeout=10).status_code == 200
     where = {"where": json.dumps({"job": {"$in": ids * 4}})}
-    too_long = requests.get(url + "/v1/predictions", params=where, timeout=10)
+    too_long = http.get(url + "/v1/predictions", params=where, timeout=10)
     assert too_long.status_code == 414
     assert too_long.json()["_error"]["message"].endswith("at most 65536 are accepted")
     chunked = (b" " * 65536 for _ in range(129))  # 8 MiB and a bit, without Content-Length
-    too_large = requests.post(
+    too_large = http.post(
         url + "/v1/jobs", data=chunked, headers={"Content-Type": "application/json"}, timeout=30
     )
     assert too_large.status_code == 413
@@ -115,13 +129,17 @@ def test_serve_trains_demo_models_stops_cleanly_and_keeps_data(serve):
     assert "Sibyl API at http://127.0.0.1:" in output
     # Only the process that started the database stops it, not an exiting API worker.
     assert output.count("stopping the embedded database") == 1
+    assert output.count(admin_key) == 1  # printed once, never logged
     time.sleep(0.5)
     assert [pid for pid in family if alive(pid)] == []
 
     process, url = serve()
-    jobs = requests.get(url + "/v1/jobs", params={"sort": "_created"}, timeout=10).json()["_items"]
+    jobs = http.get(url + "/v1/jobs", params={"sort": "_created"}, timeout=10).json()["_items"]
     assert [j["_id"] for j in jobs] == [job.json()["_id"], digits.json()["_id"]]
-    models = requests.get(url + "/v1/models", timeout=10).json()["_items"]
+    models = http.get(url + "/v1/models", timeout=10).json()["_items"]
     assert sorted(m["name"] for m in models) == ["digits", "iris"]  # not trained twice
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
+    # The second start found the admin key: no new one made, none printed.
+    assert "admin API key" not in process.stdout.read()
+    assert key_file.read_text().strip() == admin_key

@@ -20,6 +20,9 @@ from pymongo.database import Database
 
 # Resources whose documents belong to the identity that created them.
 OWNED_RESOURCES = frozenset({"jobs", "predictions"})
+# Bookkeeping only admins see: a job's lease holds the claim token its runner's
+# writes are fenced by.
+INTERNAL_FIELDS = {"jobs": ("lease",)}
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,10 @@ class Identity:
     owner: str | None
     sees_all: bool
     system: bool = False
+    # Who authenticated (service/auth/): the key's role and id; None for SYSTEM and
+    # when authentication is off.
+    role: str | None = None
+    key_id: str | None = None
 
     def scope(self, resource: str, query: dict) -> dict:
         """The query, narrowed to what this identity may see of the resource."""
@@ -42,6 +49,12 @@ class Identity:
         if not query:
             return {"owner": self.owner}
         return {"$and": [query, {"owner": self.owner}]}
+
+    def hidden(self, resource: str) -> tuple[str, ...]:
+        """Fields of the resource this identity is never shown."""
+        if self.role in (None, "admin"):  # admins, Sibyl itself, authentication off
+            return ()
+        return INTERNAL_FIELDS.get(resource, ())
 
     def stamp(self, resource: str, document: dict) -> dict:
         """The document, owned by this identity (whatever owner it claimed)."""

@@ -19,14 +19,32 @@ def request_identity() -> Identity:
     return ANONYMOUS
 
 
+def without_fields(projection: dict | None, hidden: tuple[str, ...]) -> dict:
+    """A MongoDB projection that also leaves out the hidden fields (and their sub-fields)."""
+    if not projection or not any(projection.values()):
+        return {**(projection or {}), **{field: 0 for field in hidden}}
+    kept = {
+        name: value
+        for name, value in projection.items()
+        if name.split(".")[0] not in hidden
+    }
+    # An inclusion left empty would mean "every field".
+    return kept or {"_id": 1}
+
+
 class SibylMongo(JournaledWrites, Mongo):
     """Mongo data layer scoped to the request's identity, with durable writes, letting
     PyMongo errors reach the 503 handler."""
 
     def _datasource_ex(self, resource, query=None, *args, **kwargs):
-        """Every find, update and delete Eve makes goes through here: scope its filter."""
+        """Every find, update and delete Eve makes goes through here: scope its filter and
+        leave out the fields the identity may not see."""
         source, query, projection, sort = super()._datasource_ex(resource, query, *args, **kwargs)
-        return source, request_identity().scope(resource, query or {}), projection, sort
+        identity = request_identity()
+        hidden = identity.hidden(resource)
+        if hidden:
+            projection = without_fields(projection, hidden)
+        return source, identity.scope(resource, query or {}), projection, sort
 
     def insert(self, resource, doc_or_docs):
         """Whatever a request stores is owned by its identity."""

@@ -1,0 +1,76 @@
+"""/v1/keys: an admin makes, lists and revokes API keys.
+
+POST answers the key itself, once; nothing ever shows it again, nor its hash. A
+revoked key stays listed (with revoked_at), so who had access when stays known.
+"""
+
+from datetime import datetime
+
+from eve.endpoints import error_endpoint
+from flask import Blueprint, abort, jsonify, request
+from werkzeug.exceptions import NotFound
+
+from service.context import sibyl
+from service.errors import InvalidField, Rejected
+from service.store.keys import ROLES
+
+keys = Blueprint("keys", __name__)
+
+NAME_MAX = 100
+
+
+def _public(document: dict) -> dict:
+    """A key document as answered: ISO times, never the hash."""
+    shown = {k: v for k, v in document.items() if k != "hash"}
+    for field, value in shown.items():
+        if isinstance(value, datetime):
+            shown[field] = value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return shown
+
+
+@keys.get("/keys")
+def list_keys():
+    return jsonify({"_items": [_public(key) for key in sibyl().keys.list()]})
+
+
+@keys.get("/keys/<key_id>")
+def get_key(key_id: str):
+    document = sibyl().keys.get(key_id)
+    if document is None:
+        abort(error_endpoint(NotFound(f"no key with id {key_id}")))
+    return jsonify(_public(document))
+
+
+@keys.post("/keys")
+def create_key():
+    """{"role": "client", "name": "alice", "owner": "alice"} → 201 with the key, shown once."""
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise InvalidField('the body must be a JSON object: {"role": ..., "name": ...}')
+    issues = []
+    unknown = sorted(set(body) - {"role", "name", "owner"})
+    for field in unknown:
+        issues.append((0, field, "unknown field"))
+    if body.get("role") not in ROLES:
+        issues.append((0, "role", f"must be one of {', '.join(ROLES)}"))
+    for field, required in (("name", True), ("owner", False)):
+        value = body.get(field)
+        if value is None and not required:
+            continue
+        if not isinstance(value, str) or not 0 < len(value) <= NAME_MAX:
+            issues.append((0, field, f"must be a string of 1 to {NAME_MAX} characters"))
+    if issues:
+        raise Rejected(issues)
+    document, key = sibyl().keys.create(body["role"], body["name"], body.get("owner"))
+    answer = {**_public(document), "key": key, "_status": "OK"}
+    return jsonify(answer), 201, {"Location": f"{request.base_url}/{document['_id']}"}
+
+
+@keys.delete("/keys/<key_id>")
+def revoke_key(key_id: str):
+    """Revoke a key: it stops working at once here, within KEY_CACHE_SECONDS elsewhere."""
+    service = sibyl().keys
+    if service.get(key_id) is None:
+        abort(error_endpoint(NotFound(f"no key with id {key_id}")))
+    service.revoke(key_id)
+    return "", 204
