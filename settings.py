@@ -100,9 +100,19 @@ PAGINATION_LIMIT = _int("SIBYL_PAGE_LIMIT", 500)
 OPTIMIZE_PAGINATION_FOR_SPEED = True
 # Answer errors as JSON for these codes too (Eve's list lacks 413/414/500/503).
 STANDARD_ERRORS = [400, 401, 403, 404, 405, 406, 409, 410, 412, 413, 414, 422, 428, 429, 500, 503]
-# Operators refused in `where`: server-side JavaScript, and regexes (which can be
-# made to run for minutes).
-MONGO_QUERY_BLACKLIST = ["$where", "$function", "$accumulator", "$regex"]
+# Operators refused anywhere in `where`: server-side JavaScript, regexes (which can
+# be made to run for minutes), $expr (aggregation expressions: arbitrary work per
+# document, and a way to compare fields that may not be filtered on), $jsonSchema
+# (a whole-document check, same way round) and $text (no resource has a text index).
+MONGO_QUERY_BLACKLIST = [
+    "$where",
+    "$function",
+    "$accumulator",
+    "$regex",
+    "$expr",
+    "$jsonSchema",
+    "$text",
+]
 # Stale writes are refused: PATCH and DELETE need the item's current ETag.
 IF_MATCH = True
 ENFORCE_IF_MATCH = True
@@ -137,7 +147,7 @@ LEASE_SECONDS = _int("SIBYL_LEASE_SECONDS", 30)
 MAX_ATTEMPTS = _int("SIBYL_MAX_ATTEMPTS", 3)
 # How often idle dispatchers and workers look for left-behind or expired jobs.
 POLL_SECONDS = float(_int("SIBYL_POLL_MS", 1000)) / 1000
-# How long a process may reuse "the newest version of <name>" before asking
+# How long a process may reuse "the production version of <name>" before asking
 # MongoDB again (an upload is seen at once by the process that received it).
 MODEL_LOOKUP_TTL_S = float(_int("SIBYL_MODEL_LOOKUP_TTL_MS", 1000)) / 1000
 # Longest ?wait= a request may hold a connection for.
@@ -152,3 +162,28 @@ MODEL_LOAD_TIMEOUT_S = _int("SIBYL_MODEL_LOAD_TIMEOUT_S", 60)
 MODEL_LOAD_MEMORY_MB = _int("SIBYL_MODEL_LOAD_MEMORY_MB", 4096)
 # Register the iris and digits demo models on first start (run.py serve).
 DEMO_MODELS = os.environ.get("SIBYL_DEMO_MODELS", "1") not in ("0", "false", "no")
+
+# --- quotas and caps --------------------------------------------------------
+# Against unbounded resource consumption (OWASP API4): past each cap a request
+# gets a JSON 413, 422 or 429 naming the limit, and nothing is stored.
+# Instances one owner may have queued or running at once (429 past it): queued
+# instances are stored, and wait for model calls every other client shares. With
+# authentication off every request is the same anonymous owner, so the quota then
+# bounds the whole queue. 0 turns the quota off.
+MAX_ACTIVE_INSTANCES_PER_OWNER = _int("SIBYL_MAX_ACTIVE_INSTANCES_PER_OWNER", 100_000)
+# Jobs one owner may have queued or running at once (429 past it). Besides bounding
+# the queue, it bounds the read that counts them on each POST: the embedded
+# database reads every active job of the owner (about 25 µs each), so 100,000
+# one-instance jobs would cost each POST some 2.5 s. 0 turns the quota off.
+MAX_ACTIVE_JOBS_PER_OWNER = _int("SIBYL_MAX_ACTIVE_JOBS_PER_OWNER", 1000)
+# Jobs in one bulk POST (413 past it), counted before any is validated: 100,000
+# empty objects (400 KB) cost 8.5 s of CPU and an 8.8 MB answer before this cap.
+MAX_JOBS_PER_POST = _int("SIBYL_MAX_JOBS_PER_POST", 1000)
+# A 422 lists at most this many issues (and says how many more there were), so
+# that an answer stays small whatever the request.
+MAX_ERROR_ISSUES = _int("SIBYL_MAX_ERROR_ISSUES", 50)
+# A job's tags are copied onto each of its predictions: 1 MB of tags on a job of
+# 10,000 instances would be 10 GB of writes. Past any of these, a 422 naming tags.
+MAX_TAGS_BYTES = _int("SIBYL_MAX_TAGS_BYTES", 4096)  # encoded as compact JSON (UTF-8)
+MAX_TAGS_KEYS = _int("SIBYL_MAX_TAGS_KEYS", 32)  # names at every level, counted together
+MAX_TAGS_DEPTH = _int("SIBYL_MAX_TAGS_DEPTH", 3)  # {"a": {"b": [1]}} is 3 deep

@@ -18,7 +18,11 @@ def register(app: Eve) -> None:
     app.on_delete_item_jobs += as_http_errors(jobs.on_delete_item_jobs)
     app.on_deleted_item_jobs += as_http_errors(jobs.on_deleted_item_jobs)
 
+    app.on_pre_POST_models += as_http_errors(models.on_pre_POST_models)
     app.on_insert_models += as_http_errors(models.on_insert_models)
     app.on_inserted_models += as_http_errors(models.on_inserted_models)
+    app.on_pre_PATCH_models += as_http_errors(models.on_pre_PATCH_models)
+    app.on_update_models += as_http_errors(models.on_update_models)
+    app.on_updated_models += as_http_errors(models.on_updated_models)
     app.on_delete_item_models += as_http_errors(models.on_delete_item_models)
     app.on_deleted_item_models += as_http_errors(models.on_deleted_item_models)

@@ -4,6 +4,10 @@ JOB_STATUSES = ["queued", "running", "succeeded", "failed"]
 ACTIVE_STATUSES = ["queued", "running"]
 FINISHED_STATUSES = ["succeeded", "failed"]
 MODEL_STATUSES = ["ready", "rejected"]
+# The one stage a model version can be in (null otherwise): the version a job naming
+# the model without a version runs on. One per name.
+PRODUCTION = "production"
+MODEL_STAGES = [PRODUCTION]
 
 # Set by the service, never by a client: Cerberus refuses them in a payload.
 # (Eve would otherwise store a client's own `_id`.)
@@ -13,8 +17,10 @@ READONLY_INT = {"type": "integer", "readonly": True}
 READONLY_DATETIME = {"type": "datetime", "readonly": True, "nullable": True}
 
 # Free-form labels a client attaches to a job; copied onto its predictions so
-# analysts can filter them (`where={"tags.experiment": "a"}`).
-TAGS = {"type": "dict", "default": {}, "allow_unknown": True}
+# analysts can filter them (`where={"tags.experiment": "a"}`). Their size, names
+# and depth are capped (MAX_TAGS_*, service/api/validation.py): each prediction
+# carries a copy.
+TAGS = {"type": "dict", "default": {}, "allow_unknown": True, "tags_limits": True}
 
 # A model name as used in URLs and in `name@version` references; never 24 hex
 # digits, which a job reads as a model id (service/api/validation.py).

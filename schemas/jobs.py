@@ -52,8 +52,31 @@ JOBS = {
         "status_created": [("status", 1), ("_created", 1)],
         # Finding jobs whose lease expired.
         "status_lease": [("status", 1), ("lease.until", 1)],
-        # Listing jobs newest first. Every index costs each job write, so there
-        # are no others (an owner index arrives with access control).
+        # Listing jobs newest first.
         "created": [("_created", -1)],
+        # A client's queued and running jobs, counted against its quota on each
+        # POST (service/jobs/service.py), and its own listings, newest first.
+        # Every index costs each job write, so there are no others.
+        "owner_status": [("owner", 1), ("status", 1)],
+        "owner_created": [("owner", 1), ("_created", -1)],
     },
+    # What `where` may test (a listed field's sub-fields too: tags.<name>); not the
+    # inputs (large), nor the lease (the runners' business). Sorting is allowed on
+    # those of them an index serves, and _id (service/api/request_checks.py).
+    "allowed_filters": [
+        "_id",
+        "_created",
+        "_updated",
+        "model",
+        "model_ref",
+        "status",
+        "tags",
+        "owner",
+        "attempts",
+        "error",
+        "progress",
+        "queued_at",
+        "started_at",
+        "finished_at",
+    ],
 }

@@ -1,11 +1,22 @@
 """The models resource: uploaded model files, versioned per name, with signatures."""
 
-from schemas.common import ID, MODEL_NAME, MODEL_STATUSES, OWNER, READONLY_INT, TENSOR_SPEC
+from schemas.common import (
+    ID,
+    MODEL_NAME,
+    MODEL_STAGES,
+    MODEL_STATUSES,
+    OWNER,
+    PRODUCTION,
+    READONLY_DATETIME,
+    READONLY_INT,
+    TENSOR_SPEC,
+)
 
 MODELS = {
     "item_title": "model",
     "resource_methods": ["GET", "POST"],
-    "item_methods": ["GET", "DELETE"],
+    # PATCH promotes a version: {"stage": "production"} and nothing else (hooks/models.py).
+    "item_methods": ["GET", "PATCH", "DELETE"],
     "schema": {
         "_id": ID,
         "name": MODEL_NAME,
@@ -28,9 +39,42 @@ MODELS = {
         "description": {"type": "string", "maxlength": 2000},
         "owner": OWNER,
         "status": {"type": "string", "allowed": MODEL_STATUSES, "readonly": True},
+        # "production": what a job naming the model without a version runs on, one
+        # version per name; null otherwise. Set on upload for the first version of a
+        # name, by PATCH afterwards; refused in an upload (hooks/models.py).
+        "stage": {"type": "string", "allowed": MODEL_STAGES, "nullable": True},
+        # The version's last promotion: the owner of the key that made it (null
+        # without authentication), and when. Kept once another version is promoted.
+        "promoted_by": {"type": "string", "readonly": True, "nullable": True},
+        "promoted_at": READONLY_DATETIME,
     },
     "mongo_indexes": {
-        # Resolving "name" to its newest version, and uniqueness of versions.
+        # Resolving "name@3", and uniqueness of versions.
         "name_version": ([("name", 1), ("version", -1)], {"unique": True}),
+        # Resolving "name" to its production version; the database itself refuses a
+        # second production version of a name.
+        "production_per_name": (
+            [("name", 1)],
+            {"unique": True, "partialFilterExpression": {"stage": PRODUCTION}},
+        ),
     },
+    # What `where` may test (a listed field's sub-fields too: signature.inputs);
+    # not the file. Sorting is allowed on those of them an index serves, and _id
+    # (service/api/request_checks.py).
+    "allowed_filters": [
+        "_id",
+        "_created",
+        "_updated",
+        "name",
+        "version",
+        "format",
+        "signature",
+        "labels",
+        "description",
+        "owner",
+        "status",
+        "stage",
+        "promoted_by",
+        "promoted_at",
+    ],
 }

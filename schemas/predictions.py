@@ -32,5 +32,24 @@ PREDICTIONS = {
         "label": [("label", 1)],
         "score": [("score", -1)],
         "created": [("_created", -1)],
+        # A client's own predictions, newest first.
+        "owner_created": [("owner", 1), ("_created", -1)],
     },
+    # What `where` may test (a listed field's sub-fields too: tags.<name>, output.0);
+    # not the bookkeeping of exactly-once writes (batch, attempt). Sorting is allowed
+    # on those of them an index serves, and _id (service/api/request_checks.py).
+    "allowed_filters": [
+        "_id",
+        "_created",
+        "_updated",
+        "job",
+        "model",
+        "model_version",
+        "index",
+        "output",
+        "label",
+        "score",
+        "tags",
+        "owner",
+    ],
 }

@@ -7,10 +7,11 @@ import threading
 from eve import Eve
 from flask import current_app
 
+from schemas.common import PRODUCTION
 from service.jobs.completions import Completions
 from service.jobs.events import JobEvents
 from service.jobs.service import JobService
-from service.registry.model_store import ModelLookup
+from service.registry.model_store import ModelLookup, promote_unstaged
 from service.store.access import SYSTEM, Store
 from service.store.keys import Keys
 
@@ -29,6 +30,8 @@ class Sibyl:
         self.events = JobEvents()
         self.completions = Completions(self.events)
         self.models = ModelLookup(self.store, app.config["MODEL_LOOKUP_TTL_S"])
+        # Models stored before stages existed keep serving their name.
+        promote_unstaged(self.store)
         self._dispatcher = None
         self._lock = threading.Lock()
         self.jobs = JobService(
@@ -53,17 +56,18 @@ class Sibyl:
             return self._dispatcher
 
     def warm_up(self) -> None:
-        """Start the dispatcher and load the newest version of each model, in the background."""
+        """Start the dispatcher and load the production version of each model (what jobs
+        naming a model without a version run on), in the background."""
         if not self.runs_jobs:
             return
-        threading.Thread(target=self._load_newest_models, name="sibyl-warm-up", daemon=True).start()
+        threading.Thread(
+            target=self._load_production_models, name="sibyl-warm-up", daemon=True
+        ).start()
 
-    def _load_newest_models(self) -> None:
+    def _load_production_models(self) -> None:
         engine = self.dispatcher.engine
-        newest: dict[str, dict] = {}
-        for model in self.store.models.find({"status": "ready"}).sort("version", -1):
-            newest.setdefault(model["name"], model)
-        for model in list(newest.values())[: self.config["MODEL_CACHE_SIZE"]]:
+        production = self.store.models.find({"status": "ready", "stage": PRODUCTION})
+        for model in list(production)[: self.config["MODEL_CACHE_SIZE"]]:
             try:
                 engine.models.get(model)
             except Exception:

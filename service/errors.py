@@ -57,3 +57,26 @@ class Conflict(SibylError):
     running, a model still needed)."""
 
     status = 409
+
+
+class TooManyActive(SibylError):
+    """A client's queued and running jobs or instances would exceed its quota: a 429.
+
+    unit: "jobs" or "instances"; setting: the variable that sets the limit.
+    """
+
+    status = 429
+
+    def __init__(self, unit: str, in_flight: int, limit: int, setting: str, adding: int = 0):
+        request = f" and this request adds {adding}" if adding else ""
+        advice = (
+            f"send fewer {unit} per request" if adding > limit else "retry once some have finished"
+        )
+        super().__init__(
+            f"{in_flight} {unit} of yours are queued or running{request}: at most {limit} "
+            f"may be at once ({setting}); {advice}"
+        )
+        self.unit = unit
+        self.in_flight = in_flight
+        self.limit = limit
+        self.adding = adding

@@ -327,3 +327,16 @@ def test_lease_tokens_are_shown_to_admins_only(queue_api, queueing_server, queue
         shown = client.get(f"/jobs/{job_id}", params=params).json()
         assert "lease" not in shown
     assert "lease" in queue_api.get(f"/jobs/{job_id}").json()
+
+
+def test_method_override_meets_the_same_door(live_server, alice, bob):
+    """Eve honours X-HTTP-Method-Override: the rights are those of the method it names."""
+    job = submit(alice)
+    etag = alice.get(f"/jobs/{job['_id']}").json()["_etag"]
+    delete = {"X-HTTP-Method-Override": "DELETE", "If-Match": etag}
+    analyst = live_server.api("analyst")
+    assert analyst.post(f"/jobs/{job['_id']}", headers=delete).status_code == 403
+    assert bob.post(f"/jobs/{job['_id']}", headers=delete).status_code == 404
+    assert alice.get(f"/jobs/{job['_id']}").status_code == 200
+    put = {"X-HTTP-Method-Override": "PUT", "If-Match": etag}
+    assert alice.post(f"/jobs/{job['_id']}", json={}, headers=put).status_code == 405

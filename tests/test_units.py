@@ -92,6 +92,7 @@ def test_checked_schema_validates_like_cerberus(document):
     with Flask(__name__).app_context():
         ours = copy.deepcopy(DOMAIN["jobs"]["schema"])
         theirs = copy.deepcopy(DOMAIN["jobs"]["schema"])
+        del theirs["tags"]["tags_limits"]  # Sibyl's own rule, unknown to a plain validator
         first = SibylValidator(ours, resource="jobs")
         for _ in range(2):  # the second validator reuses the first one's CheckedSchema
             sibyl = SibylValidator(ours, resource="jobs")

@@ -108,17 +108,25 @@ def domain_error(error: SibylError) -> Response:
 def rejected_body(issues: list[tuple[int, str, str]], request_body) -> dict:
     """Eve's shape of a refused write: `_issues` per field, and `_items` for a bulk POST.
 
-    issues are (position in the request, field, message).
+    issues are (position in the request, field, message). At most MAX_ERROR_ISSUES are
+    listed, so that the answer stays small whatever the request; the message says how
+    many more there were.
     """
+    limit = max(1, current_app.config["MAX_ERROR_ISSUES"])
+    listed, more = issues[:limit], len(issues) - limit
+    note = f" (and {more} more: only the first {limit} issues are listed)" if more > 0 else ""
     if not isinstance(request_body, list):
-        return {"_issues": {field: message for _, field, message in issues}}
+        body: dict = {"_issues": {field: message for _, field, message in listed}}
+        if note:
+            body["_error"] = {"code": 422, "message": listed[0][2] + note}
+        return body
     # As before Eve's own shape was taken over: items up to the last one at fault.
-    items: list[dict] = [{"_status": "OK"} for _ in range(max(at for at, _, _ in issues) + 1)]
-    for at, field, message in issues:
+    items: list[dict] = [{"_status": "OK"} for _ in range(max(at for at, _, _ in listed) + 1)]
+    for at, field, message in listed:
         items[at].setdefault("_issues", {})[field] = message
         items[at]["_status"] = "ERR"
     resource = (request.endpoint or "").partition("|")[0]
     title = current_app.config["DOMAIN"].get(resource, {}).get("item_title", "document")
-    position, _, first_message = issues[0]
-    message = f"{title} {position}: {first_message}"
+    position, _, first_message = listed[0]
+    message = f"{title} {position}: {first_message}{note}"
     return {"_items": items, "_error": {"code": 422, "message": message}}

@@ -3,7 +3,9 @@
 Eve hides why it refuses a query or a body unless DEBUG is on ("The browser (or
 proxy) sent a request that this server could not understand."); these checks
 say what is wrong first. They also set the body limit of model uploads, and
-enforce URL and body limits with JSON errors.
+enforce URL and body limits and the number of documents per POST with JSON
+errors; a query may filter only on the fields its resource lists, and sort only
+on those an index serves.
 """
 
 import ast
@@ -11,10 +13,11 @@ import json
 import math
 import re
 
+from eve.endpoints import error_endpoint
 from eve.io.mongo.mongo import Mongo
 from eve.io.mongo.parser import ParseError, parse
 from flask import Flask, Request, abort, current_app, request
-from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
@@ -34,6 +37,8 @@ OUT_OF_RANGE = "integer out of the 64-bit range MongoDB takes"
 # A stored key starting with $ cannot be queried, and Eve reshapes a dotted one
 # ({"a.b": 1} became {"a": {"b": 1}}).
 BAD_KEY = "a field name may not start with $ or contain a dot"
+# The operators whose value is a list of filters, each naming fields of its own.
+LOGICAL_OPERATORS = ("$and", "$or", "$nor")
 
 
 class SibylRequest(Request):
@@ -90,15 +95,26 @@ def check_url_length() -> None:
         abort(414, description=f"the URL has {size} bytes; at most {limit} are accepted")
 
 
-def allow_model_uploads() -> None:
-    """Model files may be larger than other bodies, up to MAX_MODEL_BYTES."""
-    if request.method == "POST" and request.path.rstrip("/").endswith("/models"):
-        request.max_content_length = current_app.config["MAX_MODEL_BYTES"] + 1024 * 1024
+def allow_model_uploads():
+    """Model files may be larger than other bodies, up to MAX_MODEL_BYTES; they come as
+    multipart forms, and any other body on POST /models is a 415 (at the normal limit)."""
+    if request.method != "POST" or request.endpoint != "models|resource":
+        return None
+    if request.mimetype != "multipart/form-data":
+        return error_endpoint(
+            UnsupportedMediaType(
+                f"a model is uploaded as multipart/form-data (a `file` part and form fields), "
+                f"not {request.mimetype or 'a body without Content-Type'}"
+            )
+        )
+    request.max_content_length = current_app.config["MAX_MODEL_BYTES"] + 1024 * 1024
+    return None
 
 
 def check_json_body() -> None:
-    """Parse JSON bodies early: refuse too-deep nesting with a 400, and numbers or field
-    names MongoDB cannot store with a 422, before Eve sees them."""
+    """Parse JSON bodies early: refuse more documents than a POST takes with a 413, too-deep
+    nesting with a 400, and numbers or field names MongoDB cannot store with a 422, before
+    Eve sees them."""
     if request.method not in ("POST", "PUT", "PATCH"):
         return
     if request.mimetype not in current_app.config["JSON_REQUEST_CONTENT_TYPES"]:
@@ -109,6 +125,8 @@ def check_json_body() -> None:
         body = request.get_json(force=True)
     except RecursionError:
         abort(400, description=f"JSON body is nested deeper than {limit} levels")
+    if request.method == "POST" and isinstance(body, list):
+        check_bulk_size(len(body))
     too_deep, number = scan_json(body, limit, int(isinstance(body, list)), keys=True)
     if too_deep:
         abort(400, description=f"JSON body is nested deeper than {limit} levels")
@@ -126,6 +144,20 @@ def check_json_body() -> None:
         else:
             position = 0
         raise Rejected([(position, path[0], f"{json_path(path)}: {reason}")])
+
+
+def check_bulk_size(count: int) -> None:
+    """A 413 past MAX_JOBS_PER_POST documents, before any is looked at: validating each
+    costs CPU, and an answer naming each one's issues would be larger than the request."""
+    limit = current_app.config["MAX_JOBS_PER_POST"]
+    if count > limit:
+        resource = current_app.config["DOMAIN"].get(_resource_name(), {})
+        title = resource.get("item_title", "document")
+        abort(
+            413,
+            description=f"a POST takes at most {limit} {title}s (SIBYL_MAX_JOBS_PER_POST); "
+            f"this one has {count}: send them in several requests",
+        )
 
 
 def scan_json(
@@ -186,17 +218,20 @@ def check_query_args() -> None:
     if request.method not in ("GET", "HEAD"):
         return
     args = request.args
+    resource = current_app.config["DOMAIN"].get(_resource_name()) or {}
+    filterable = resource.get("allowed_filters", ["*"])
     if "where" in args:
-        resource = current_app.config["DOMAIN"].get((request.endpoint or "").partition("|")[0])
-        whitelist = (resource or {}).get("mongo_query_whitelist", [])
+        whitelist = resource.get("mongo_query_whitelist", [])
         allowed = Mongo.operators | set(whitelist)
-        check_where(args["where"], current_app.config["MONGO_QUERY_BLACKLIST"], allowed)
+        check_where(args["where"], current_app.config["MONGO_QUERY_BLACKLIST"], allowed, filterable)
     if "projection" in args:
         projection = _json_object("projection", args["projection"])
         if any(value not in (0, 1) for value in projection.values()):
             abort(400, description="projection: values must be 1 (include) or 0 (exclude)")
+        if any(not name or "$" in name for name in projection):
+            abort(400, description="projection: a field name may not be empty or hold a $")
     if "sort" in args:
-        check_sort(args["sort"])
+        check_sort(args["sort"], sortable_fields(resource) if "*" not in filterable else None)
     for name in ("page", "max_results"):
         raw = args.get(name)
         if raw is not None and not (WHOLE_NUMBER.fullmatch(raw) and 0 < int(raw) <= MAX_PAGE_ARG):
@@ -207,9 +242,13 @@ def check_query_args() -> None:
             )
 
 
-def check_where(raw: str, banned: list[str], allowed: set[str]) -> None:
+def check_where(
+    raw: str, banned: list[str], allowed: set[str], filterable: list[str] | None = None
+) -> None:
     """A MongoDB filter as a JSON object (or Eve's Python-like syntax): no banned or unknown
-    operator (Eve refuses them without saying which), no number MongoDB cannot take."""
+    operator anywhere (Eve refuses them without saying which), fields among filterable
+    (Eve's `allowed_filters`: a listed field's sub-fields too; "*" for any), no number
+    MongoDB cannot take."""
     try:
         query = json.loads(raw)
     except ValueError as error:
@@ -224,19 +263,30 @@ def check_where(raw: str, banned: list[str], allowed: set[str]) -> None:
         abort(400, description="where: an empty field name")
     operators = {key for key in keys if key.startswith("$")}
     found = operators & set(banned)
+    if len(found) == 1:
+        abort(400, description=f"where: the operator {found.pop()} is not allowed")
     if found:
-        abort(400, description=f"where: the operator {', '.join(sorted(found))} is not allowed")
+        abort(400, description=f"where: the operators {', '.join(sorted(found))} are not allowed")
     unknown = operators - allowed
     if unknown:
         abort(400, description=f"where: unknown operator {', '.join(sorted(unknown))}")
+    if filterable is not None and "*" not in filterable:
+        for field in sorted(_filtered_fields(query)):
+            if not _covered(field, filterable):
+                abort(
+                    400,
+                    description=f"where: filtering on {field!r} is not allowed; fields that may "
+                    f"be filtered on: {', '.join(filterable)} (and their sub-fields, such as "
+                    "tags.<name>)",
+                )
     number = unstorable_number(query)
     if number:
         path, reason = number
         abort(400, description=f"where: {json_path(path)}: {reason}")
 
 
-def check_sort(raw: str) -> None:
-    """`-score,_created` or Eve's `[("score", -1)]`."""
+def check_sort(raw: str, sortable: list[str] | None = None) -> None:
+    """`-score,_created` or Eve's `[("score", -1)]`, on fields among sortable (None: any)."""
     if raw.lstrip().startswith("["):
         try:
             keys = ast.literal_eval(raw)
@@ -254,6 +304,56 @@ def check_sort(raw: str) -> None:
         abort(400, description="sort: an empty field name")
     if any(name.startswith("$") for name in names):
         abort(400, description="sort: a field name may not start with $")
+    for name in names:
+        if sortable is not None and name not in sortable:
+            abort(
+                400,
+                description=f"sort: sorting on {name!r} is not allowed (only on fields an index "
+                f"serves); sort on {', '.join(sortable)}",
+            )
+
+
+def sortable_fields(resource: dict) -> list[str]:
+    """The fields of a resource a client may sort on: those its indexes hold, and _id, that
+    it may also filter on (a sort no index serves reads and sorts the whole collection)."""
+    indexed = {"_id"}
+    for index in resource.get("mongo_indexes", {}).values():
+        keys = index[0] if isinstance(index, tuple) else index
+        indexed |= {field for field, _ in keys}
+    filterable = resource.get("allowed_filters", ["*"])
+    return sorted(f for f in indexed if "*" in filterable or _covered(f, filterable))
+
+
+def _resource_name() -> str:
+    """The resource of the request's Eve endpoint ("jobs" of "jobs|item_lookup")."""
+    return (request.endpoint or "").partition("|")[0]
+
+
+def _filtered_fields(query: dict) -> set[str]:
+    """The fields a filter tests: its names, and those of the filters under $and, $or and
+    $nor, however nested. (Names under a field, as in $elemMatch, are within that field.)"""
+    fields: set[str] = set()
+    stack = [query]
+    while stack:
+        for key, value in stack.pop().items():
+            if not isinstance(key, str):
+                abort(400, description=f"where: a field name must be a string, got {key!r}")
+            if key in LOGICAL_OPERATORS:
+                if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                    abort(400, description=f"where: {key} takes a list of filters (objects)")
+                stack.extend(value)
+            elif not key.startswith("$"):
+                fields.add(key)
+    return fields
+
+
+def _covered(field: str, allowed: list[str]) -> bool:
+    """field is listed, or is a sub-field of a listed one (as Eve's allowed_filters reads)."""
+    while field:
+        if field in allowed:
+            return True
+        field = field.rpartition(".")[0]
+    return False
 
 
 def _json_object(name: str, raw: str) -> dict:

@@ -1,5 +1,6 @@
 """Cerberus rules of Sibyl's own, checked by Eve before anything is stored."""
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -35,8 +36,8 @@ CHECKED_SCHEMAS = "sibyl.checked_schemas"
 
 
 class SibylValidator(Validator):
-    """Eve's validator plus `model_file` (an upload must be a model Sibyl can serve) and
-    `not_a_model_id`.
+    """Eve's validator plus `model_file` (an upload must be a model Sibyl can serve),
+    `not_a_model_id` and `tags_limits`.
 
     Eve builds a validator per request, and Cerberus then checks the resource's
     schema definition again, field by field, hashing it: about a fifth of a job
@@ -67,6 +68,41 @@ class SibylValidator(Validator):
         """
         if constraint and isinstance(value, str) and len(value) == 24 and ObjectId.is_valid(value):
             self._error(field, "a model name may not look like a model id (24 hex digits)")
+
+    def _validate_tags_limits(self, constraint, field, value):
+        """Tags within MAX_TAGS_DEPTH, MAX_TAGS_KEYS and MAX_TAGS_BYTES (those the app sets):
+        each prediction of the job carries a copy.
+
+        The rule's arguments are validated against this schema:
+        {'type': 'boolean'}
+        """
+        if not constraint or not isinstance(value, dict) or not has_app_context():
+            return
+        config = current_app.config
+        max_depth, max_keys = config.get("MAX_TAGS_DEPTH"), config.get("MAX_TAGS_KEYS")
+        max_bytes = config.get("MAX_TAGS_BYTES")
+        depth, keys = tags_shape(value)
+        if max_depth is not None and depth > max_depth:
+            self._error(
+                field,
+                f"tags may nest at most {max_depth} levels deep (SIBYL_MAX_TAGS_DEPTH); "
+                f"these nest {depth}",
+            )
+        elif max_keys is not None and keys > max_keys:
+            self._error(
+                field,
+                f"tags may have at most {max_keys} names, counted at every level "
+                f"(SIBYL_MAX_TAGS_KEYS); these have {keys}",
+            )
+        elif max_bytes is not None:
+            encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+            size = len(encoded.encode("utf-8", "surrogatepass"))
+            if size > max_bytes:
+                self._error(
+                    field,
+                    f"tags may take at most {max_bytes} bytes as JSON (SIBYL_MAX_TAGS_BYTES); "
+                    f"these take {size}",
+                )
 
     def _validate_model_file(self, constraint, field, value):
         """Load the uploaded model in a sandboxed child and keep its signature.
@@ -111,3 +147,17 @@ class SibylValidator(Validator):
             self._error(field, message)
         finally:
             self.document[field] = upload
+
+
+def tags_shape(tags: dict) -> tuple[int, int]:
+    """How deep dicts and lists nest in tags (the tags themselves are 1), and how many
+    names they hold at every level."""
+    depth, keys = 0, 0
+    stack = [(tags, 1)]
+    while stack:
+        node, level = stack.pop()
+        depth = max(depth, level)
+        children = node.values() if isinstance(node, dict) else node
+        keys += len(node) if isinstance(node, dict) else 0
+        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
+    return depth, keys

@@ -1,22 +1,34 @@
 """The model store: model documents in MongoDB, their files in GridFS, local copies.
 
-Used by the hooks (resolving "iris", "iris@2" or an id to a model document),
-by the engine (fetching a model's file to load it) and by the demo models.
+Used by the hooks (resolving "iris", "iris@2" or an id to a model document;
+promoting a version to production), by the engine (fetching a model's file to
+load it) and by the demo models.
+
+"iris" means the version of iris an admin promoted (`stage: "production"`), never
+merely the newest: an upload does not take the traffic of a name. The first
+version of a name is promoted on upload; later ones wait for a PATCH. The
+database holds one production version per name (a unique partial index,
+schemas/models.py), and a promotion demotes the previous one in the same
+transaction, so readers see exactly one before and after.
 """
 
+import contextlib
+import secrets
 import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import gridfs
 from bson import ObjectId
 from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
 
-from schemas.common import ACTIVE_STATUSES
-from service.errors import Conflict, UnknownModel
+from schemas.common import ACTIVE_STATUSES, PRODUCTION
+from service.errors import Conflict, Rejected, UnknownModel
 from service.registry import model_files
 from service.store.access import Store
 
@@ -24,7 +36,7 @@ FILE_SUFFIX = {"keras": ".keras", "savedmodel": ".zip"}
 
 
 def resolve(store: Store, reference: str) -> dict:
-    """Find the model a job names: "name" (newest ready version), "name@3" or an id."""
+    """Find the model a job names: "name" (its production version), "name@3" or an id."""
     if ObjectId.is_valid(reference) and len(reference) == 24:
         model = store.models.find_one({"_id": ObjectId(reference), "status": "ready"})
         if model is None:
@@ -36,17 +48,28 @@ def resolve(store: Store, reference: str) -> dict:
         if not version.isdigit():
             raise UnknownModel(f"{reference!r}: the version after @ must be a number")
         query["version"] = int(version)
-    model = store.models.find_one(query, sort=[("version", -1)])
-    if model is None:
-        raise UnknownModel(f"no ready model {reference!r}; see GET /v1/models")
-    return model
+    else:
+        query["stage"] = PRODUCTION
+    model = store.models.find_one(query)
+    if model is not None:
+        return model
+    if not at:
+        newest = store.models.find_one(
+            {"name": name, "status": "ready"}, {"version": 1}, sort=[("version", -1)]
+        )
+        if newest is not None:
+            raise UnknownModel(
+                f"no production version of {name!r}; promote one with PATCH /v1/models/<id> "
+                f"or name a version {name}@{newest['version']}"
+            )
+    raise UnknownModel(f"no ready model {reference!r}; see GET /v1/models")
 
 
 class ModelLookup:
     """resolve() with a short memory, to spare a query on every job.
 
-    Model documents never change once stored, but "the newest version of iris"
-    may be up to ttl_s old in processes other than the one that uploaded it.
+    "The production version of iris" may be up to ttl_s old in processes other
+    than the one that uploaded or promoted it (those forget at once).
     """
 
     MAX_ENTRIES = 1000
@@ -70,18 +93,154 @@ class ModelLookup:
         return model
 
     def forget(self) -> None:
-        """A model was added or deleted here: look everything up afresh."""
+        """A model was added, promoted or deleted here: look everything up afresh."""
         with self._lock:
             self._seen.clear()
 
 
-def check_unused(store: Store, model: dict) -> None:
-    """Refuse to delete a model that queued or running jobs still need."""
+def check_deletable(store: Store, model: dict) -> None:
+    """Refuse to delete a model that queued or running jobs still need, or the production
+    version of a name that has others (one of them must be promoted first)."""
     busy = store.jobs.find_one(
         {"status": {"$in": ACTIVE_STATUSES}, "model_ref._id": model["_id"]}, {"_id": 1}
     )
     if busy is not None:
         raise Conflict("the model has queued or running jobs: delete it once they finish")
+    if model.get("stage") != PRODUCTION:
+        return
+    other = store.models.find_one(
+        {"name": model["name"], "_id": {"$ne": model["_id"]}}, {"version": 1}
+    )
+    if other is not None:
+        raise Conflict(
+            f"version {model['version']} is the production version of {model['name']!r}: "
+            f'promote another version first (PATCH /v1/models/<id> {{"stage": "production"}})'
+        )
+
+
+def check_upload(fields: dict) -> None:
+    """An upload does not choose its stage: the first version of a name is promoted,
+    later ones by PATCH."""
+    if "stage" in fields:
+        raise Rejected(
+            [
+                (
+                    0,
+                    "stage",
+                    "set by the service: the first version of a name is promoted on upload, "
+                    'later ones with PATCH /v1/models/<id> {"stage": "production"}',
+                )
+            ]
+        )
+
+
+def check_promotion(fields: dict) -> None:
+    """A model's PATCH promotes it: {"stage": "production"}, and nothing else."""
+    issues = [
+        (0, field, f'a model\'s PATCH may only set {{"stage": "production"}}, not {field}')
+        for field in sorted(set(fields) - {"stage"})
+    ]
+    if "stage" not in fields:
+        issues.append((0, "stage", 'required: PATCH {"stage": "production"} promotes a version'))
+    elif fields["stage"] != PRODUCTION:
+        issues.append(
+            (
+                0,
+                "stage",
+                f"{fields['stage']!r}: the only stage a PATCH may set is 'production' "
+                "(promoting a version demotes the current one)",
+            )
+        )
+    if issues:
+        raise Rejected(issues)
+
+
+def stage_of_new_version(store: Store, name: str, owner: str | None, now: datetime) -> dict:
+    """The stage fields of a version being stored: production for the first version of a
+    name (none is in production), none for later ones."""
+    if store.models.find_one({"name": name, "stage": PRODUCTION}, {"_id": 1}) is not None:
+        return {"stage": None, "promoted_by": None, "promoted_at": None}
+    # Two first uploads at once both get here: the unique index refuses the second (409).
+    return {"stage": PRODUCTION, "promoted_by": owner, "promoted_at": now}
+
+
+# Promotions of one name retried after losing a race the transaction could not retry.
+PROMOTION_ATTEMPTS = 5
+
+
+def promote(store: Store, model: dict, owner: str | None) -> dict:
+    """Make the model the production version of its name; return the fields written.
+
+    One transaction demotes the current production version and promotes this one:
+    readers see exactly one before and after; of two concurrent promotions the
+    later one wins. Promoting the production version changes nothing.
+    Both documents drop their stored `_etag` or get a fresh one: Eve's If-Match
+    sees the change.
+    """
+    now = datetime.now(UTC).replace(microsecond=0)
+    promoted = {
+        "stage": PRODUCTION,
+        "promoted_by": owner,
+        "promoted_at": now,
+        "_updated": now,
+        "_etag": secrets.token_hex(20),
+    }
+
+    def write(session) -> dict:
+        current = store.models.find_one(
+            {"name": model["name"], "stage": PRODUCTION}, session=session
+        )
+        if current is not None and current["_id"] == model["_id"]:
+            return {field: current.get(field) for field in promoted}
+        if current is not None:
+            store.models.update_one(
+                {"_id": current["_id"], "stage": PRODUCTION},
+                {"$set": {"stage": None, "_updated": now}, "$unset": {"_etag": ""}},
+                session=session,
+            )
+        result = store.models.update_one(
+            {"_id": model["_id"], "status": "ready"}, {"$set": promoted}, session=session
+        )
+        if result.matched_count == 0:
+            raise Conflict(f"model {model['_id']} was deleted meanwhile")
+        return promoted
+
+    # A DuplicateKeyError: another version was promoted between this one's read and
+    # write without a write conflict (there was no production version to demote);
+    # read again, and demote it.
+    for _ in range(PROMOTION_ATTEMPTS - 1):
+        with contextlib.suppress(DuplicateKeyError):
+            return in_transaction(store, write)
+    return in_transaction(store, write)
+
+
+def in_transaction(store: Store, write: Callable):
+    """Run write(session) in a transaction, retried on transient errors, durable as
+    every write."""
+    with store.db.client.start_session() as session:
+        return session.with_transaction(write, write_concern=store.db.write_concern)
+
+
+def promote_unstaged(store: Store) -> list[str]:
+    """Models stored before stages existed: each name with no production version gets its
+    newest ready version promoted (the one its jobs ran on); return those names."""
+    unstaged: dict[str, dict] = {}
+    for model in store.models.find(
+        {"stage": {"$exists": False}, "status": "ready"}, {"name": 1, "version": 1, "status": 1}
+    ):
+        newest = unstaged.get(model["name"])
+        if newest is None or model["version"] > newest["version"]:
+            unstaged[model["name"]] = model
+    promoted = []
+    for name, newest in unstaged.items():
+        if store.models.find_one({"name": name, "stage": PRODUCTION}, {"_id": 1}) is None:
+            promote(store, newest, owner=None)
+            promoted.append(name)
+        store.models.update_many(
+            {"name": name, "stage": {"$exists": False}},
+            {"$set": {"stage": None, "promoted_by": None, "promoted_at": None}},
+        )
+    return promoted
 
 
 def next_version(store: Store, name: str) -> int:
@@ -130,7 +289,8 @@ def register(
     """Inspect and store a model file without the HTTP layer (used for demo models).
 
     Writes through the driver because it runs before any API process exists; it
-    stores what the POST /v1/models hooks store (Eve computes the ETag on read).
+    stores what the POST /v1/models hooks store (Eve computes the ETag on read),
+    the first version of a name promoted like an upload's.
     """
     inspection = model_files.inspect(path, **limits)
     model_files.check_labels(labels, inspection["signature"])
@@ -145,6 +305,7 @@ def register(
         "description": description,
         "owner": None,
         "status": "ready",
+        **stage_of_new_version(store, name, None, now),
         "_created": now,
         "_updated": now,
     }

@@ -7,9 +7,12 @@ Its rules, in one place (docs/ARCHITECTURE.md names them):
   what the identity may see (`Identity.scope`);
 - whatever a caller stores carries the caller as owner (`Identity.stamp`), set
   here and nowhere else; what SYSTEM stores for a job carries the job's owner.
-Eve's Mongo layer (service/store/data.py) applies the same two rules to Eve's
-generated endpoints. Until access control arrives, every caller is ANONYMOUS,
-which sees everything and owns nothing.
+Eve's Mongo layer (service/store/data.py) applies the same rules to Eve's
+generated endpoints, for the identity authentication gave the request
+(service/api/auth.py): a client key sees its owner's documents, admin and analyst
+keys all of them; a request without one sees nothing (NOBODY). With
+authentication off every caller is ANONYMOUS, which sees everything and owns
+nothing.
 """
 
 from dataclasses import dataclass
@@ -65,8 +68,11 @@ class Identity:
         return document
 
 
-# No access control yet: every request sees everything and owns nothing.
+# Authentication off (SIBYL_AUTH=off): every request sees everything and owns nothing.
 ANONYMOUS = Identity(owner=None, sees_all=True)
+# A request that no one authenticated as, should it ever reach the data: it sees no
+# owned document (no owner is named so) and may store nothing of its own.
+NOBODY = Identity(owner="\0nobody", sees_all=False, role="nobody")
 # Sibyl's own processes (dispatcher, workers, sweeps): they see every job to run it.
 SYSTEM = Identity(owner=None, sees_all=True, system=True)
 

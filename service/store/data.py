@@ -8,14 +8,18 @@ from eve.io.mongo import Mongo
 from flask import g, has_request_context
 from pymongo.errors import PyMongoError
 
-from service.store.access import ANONYMOUS, Identity
+from service.store.access import ANONYMOUS, NOBODY, Identity
 from service.store.write_concern import JournaledWrites
 
 
 def request_identity() -> Identity:
-    """Who the current request acts for (set by authentication; anonymous until then)."""
+    """Who the current request acts for, as authentication set it (service/api/auth.py).
+
+    A request it did not set an identity for sees nothing (fail closed); outside
+    requests, Sibyl's own set-up code acts unscoped.
+    """
     if has_request_context():
-        return g.get("identity", ANONYMOUS)
+        return g.get("identity", NOBODY)
     return ANONYMOUS
 
 
