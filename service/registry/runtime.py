@@ -7,12 +7,16 @@ leaves the batch dimension open: one trace serves every batch size.
 """
 
 import os
+import zipfile
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from service.registry import model_scan  # noqa: E402
 
 SAVEDMODEL_SIGNATURE = "serving_default"
 
@@ -25,6 +29,7 @@ class CompiledModel:
     """A loaded model: load() once, predict(batch) many times."""
 
     def __init__(self, path: str, model_format: str):
+        check_statically(path, model_format)
         if model_format == "keras":
             self._load_keras(path)
         elif model_format == "savedmodel":
@@ -110,6 +115,19 @@ class CompiledModel:
             )
             for spec in self.inputs
         }
+
+
+def check_statically(path: str, model_format: str) -> None:
+    """The checks an upload passed, again before every load: models stored before a
+    check existed, or written to GridFS by other means, are held to it too."""
+    try:
+        if model_format == "keras":
+            with zipfile.ZipFile(path) as archive:
+                model_scan.check_keras_archive(archive)
+        elif model_format == "savedmodel":
+            model_scan.check_savedmodel_graph((Path(path) / "saved_model.pb").read_bytes())
+    except (model_scan.ModelFileError, OSError, zipfile.BadZipFile) as error:
+        raise ModelLoadError(f"refused before loading: {error}") from None
 
 
 def _spec(name: str, shape, dtype) -> dict:

@@ -1,0 +1,557 @@
+"""Hostile model files are refused before anything of them runs; the inspection child
+runs sandboxed; stored files download as bytes."""
+
+import importlib
+import json
+import os
+import pickle
+import pwd
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import keras
+import model_builders
+import pytest
+import tensorflow as tf
+from conftest import upload_model
+
+from service.registry import model_files, model_scan
+from service.registry.model_files import ModelFileError
+
+LIMITS = {"max_bytes": 64 * 1024 * 1024, "timeout_s": 60, "memory_mb": 4096}
+SECRET = "canary-secret-4f1d"
+
+
+@pytest.fixture
+def canary(tmp_path) -> Path:
+    """A file of the server a hostile model reaches for."""
+    path = tmp_path / "canary.txt"
+    path.write_text(SECRET)
+    return path
+
+
+@pytest.fixture
+def no_child(monkeypatch):
+    """Fail the test if the inspection child is started."""
+
+    class NoSubprocess:
+        TimeoutExpired = subprocess.TimeoutExpired
+
+        @staticmethod
+        def run(*args, **kwargs):
+            raise AssertionError(f"the inspection child was started: {args}")
+
+    monkeypatch.setattr(model_files, "subprocess", NoSubprocess)
+
+
+@pytest.fixture(scope="module")
+def tiny_keras(tmp_path_factory) -> Path:
+    return model_builders.tiny_classifier(tmp_path_factory.mktemp("tiny") / "tiny.keras")
+
+
+def edited_keras(base: Path, path: Path, edit=None, extra: dict | None = None) -> Path:
+    """A copy of a .keras file, its config.json changed by edit(config), extra files added."""
+    with zipfile.ZipFile(base) as source, zipfile.ZipFile(path, "w") as target:
+        for name in source.namelist():
+            data = source.read(name)
+            if name == "config.json" and edit is not None:
+                config = json.loads(data)
+                edit(config)
+                data = json.dumps(config).encode()
+            target.writestr(name, data)
+        for name, data in (extra or {}).items():
+            target.writestr(name, data)
+    return path
+
+
+def layers(config: dict) -> list:
+    return config["config"]["layers"]
+
+
+def refuse(path: Path) -> str:
+    """inspect() must refuse the file, without starting the child: the reason."""
+    with pytest.raises(ModelFileError) as refused:
+        model_files.inspect(path, **LIMITS)
+    assert SECRET not in str(refused.value)
+    return str(refused.value)
+
+
+# --- .keras files whose config names code or files ---------------------------------------
+
+
+def add_layer(layer: dict):
+    return lambda config: layers(config).append(layer)
+
+
+KERAS_EDITS = {
+    "os.system": (
+        lambda canary: add_layer(
+            {"module": "os", "class_name": "system", "config": {}, "registered_name": None}
+        ),
+        "names os.system, which is not a Keras class",
+    ),
+    "a function outside the activations": (
+        lambda canary: (
+            lambda config: layers(config)[1]["config"].update(
+                activation={
+                    "module": "keras.utils",
+                    "class_name": "function",
+                    "config": "get_file",
+                    "registered_name": "get_file",
+                }
+            )
+        ),
+        "names the function keras.utils.get_file",
+    ),
+    "a builtins function": (
+        lambda canary: (
+            lambda config: layers(config)[1]["config"].update(
+                activation={
+                    "module": "builtins",
+                    "class_name": "function",
+                    "config": "exec",
+                    "registered_name": None,
+                }
+            )
+        ),
+        "names the function builtins.exec",
+    ),
+    "a registered_name outside Keras": (
+        lambda canary: lambda config: layers(config)[1].update(registered_name="evil>Backdoor"),
+        "registered_name 'evil>Backdoor'",
+    ),
+    "a serialised lambda": (
+        lambda canary: (
+            lambda config: layers(config)[1]["config"].update(
+                activation={"class_name": "__lambda__", "config": {"value": "..."}}
+            )
+        ),
+        "Lambda layer (Python code)",
+    ),
+    "a StringLookup reading its vocabulary from a file": (
+        lambda canary: add_layer(
+            {
+                "module": "keras.layers",
+                "class_name": "StringLookup",
+                "config": {"name": "lookup", "vocabulary": str(canary)},
+                "registered_name": None,
+            }
+        ),
+        "a file path",
+    ),
+    "a TextVectorization vocabulary given by a relative path": (
+        lambda canary: add_layer(
+            {
+                "module": "keras.layers",
+                "class_name": "TextVectorization",
+                "config": {"name": "words", "vocabulary": "canary.txt"},
+                "registered_name": None,
+            }
+        ),
+        "a file path",
+    ),
+    "a TFSMLayer": (
+        lambda canary: add_layer(
+            {
+                "module": "keras.layers",
+                "class_name": "TFSMLayer",
+                "config": {"name": "saved", "filepath": str(canary.parent)},
+                "registered_name": None,
+            }
+        ),
+        "keras.layers.TFSMLayer",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", KERAS_EDITS)
+def test_keras_config_naming_code_or_files_is_refused_unrun(
+    no_child, tiny_keras, tmp_path, canary, case
+):
+    edit, message = KERAS_EDITS[case]
+    hostile = edited_keras(tiny_keras, tmp_path / "hostile.keras", edit(canary))
+    assert message in refuse(hostile)
+    assert canary.read_text() == SECRET
+
+
+def test_keras_lambda_layer_is_refused_unrun(no_child, tmp_path):
+    lambda_model = model_builders.lambda_model(tmp_path / "lambda.keras")
+    assert "Lambda layer (Python code)" in refuse(lambda_model)
+
+
+def test_keras_file_with_assets_is_refused(no_child, tiny_keras, tmp_path):
+    hostile = edited_keras(
+        tiny_keras, tmp_path / "assets.keras", extra={"assets/vocabulary.txt": b"a\nb\n"}
+    )
+    assert "assets" in refuse(hostile)
+
+
+def test_pickle_renamed_keras_is_refused(no_child, tmp_path):
+    renamed = tmp_path / "model.keras"
+    renamed.write_bytes(pickle.dumps({"weights": [1, 2]}))
+    assert "pickled files are refused" in refuse(renamed)
+
+
+# --- zips that escape their folder or unpack to far more than they weigh ------------------
+
+
+def zip_with(path: Path, members: dict) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def symlink_zip(path: Path) -> Path:
+    link = zipfile.ZipInfo("model/saved_model.pb")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(link, "/etc/passwd")
+    return path
+
+
+def lying_sizes_zip(path: Path) -> Path:
+    """A tiny member whose headers declare ~2 GB (compressed and unpacked alike)."""
+    zip_with(path, {"model/saved_model.pb": b"x" * 10})
+    data = bytearray(path.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 18), (b"PK\x01\x02", 20)):
+        start = data.find(signature)
+        data[start + offset : start + offset + 8] = (0x7FFFFFF0).to_bytes(4, "little") * 2
+    path.write_bytes(bytes(data))
+    return path
+
+
+ZIPS = {
+    "../ path": (lambda path: zip_with(path, {"../evil/saved_model.pb": b"x"}), "outside"),
+    "absolute path": (lambda path: zip_with(path, {"/etc/saved_model.pb": b"x"}), "outside"),
+    "backslash path": (lambda path: zip_with(path, {"..\\x\\saved_model.pb": b"x"}), "outside"),
+    "drive path": (lambda path: zip_with(path, {"C:\\x\\saved_model.pb": b"x"}), "outside"),
+    "symbolic link": (symlink_zip, "symbolic link"),
+    "compression ratio": (
+        lambda path: zip_with(path, {"model/saved_model.pb": bytes(8 * 1024 * 1024)}),
+        "compression ratio above 200:1",
+    ),
+    "declared size": (lying_sizes_zip, "bytes unpacked (a zip bomb?)"),
+}
+
+
+@pytest.mark.parametrize("case", ZIPS)
+def test_hostile_zip_is_refused_unextracted(no_child, monkeypatch, tmp_path, case):
+    build, message = ZIPS[case]
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("the archive was extracted")
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", no_extraction)
+    assert message in refuse(build(tmp_path / "upload.zip"))
+
+
+# --- SavedModels whose serving (or loading) touches the world ------------------------------
+
+
+def hostile_savedmodels(folder: Path, canary: Path, written: Path) -> dict:
+    """Builders of SavedModels reaching for the canary or writing `written`."""
+    read, write = str(canary), str(written)
+
+    @tf.function
+    def inner_read():
+        return tf.cast(tf.strings.length(tf.io.read_file(read)), tf.float32)
+
+    def write_then_zero():
+        tf.io.write_file(write, "written")
+        return 0.0
+
+    return {
+        "ReadFile": lambda: model_builders.serving_module(
+            folder / "read.zip",
+            lambda: tf.cast(tf.strings.length(tf.io.read_file(read)), tf.float32),
+        ),
+        "WriteFile": lambda: model_builders.serving_module(folder / "write.zip", write_then_zero),
+        "TextLineDataset": lambda: model_builders.serving_module(
+            folder / "lines.zip",
+            lambda: tf.data.TextLineDataset(read).reduce(0.0, lambda total, line: total + 1.0),
+        ),
+        "EagerPyFunc": lambda: model_builders.serving_module(
+            folder / "python.zip",
+            lambda: tf.reshape(tf.py_function(lambda: 1.0, [], tf.float32), []),
+        ),
+        "MatchingFiles": lambda: model_builders.serving_module(
+            folder / "glob.zip",
+            lambda: tf.cast(tf.size(tf.io.matching_files(read + "*")), tf.float32),
+        ),
+        # Hidden one call deep, and in a branch of a condition.
+        "ReadFile (in a called function)": lambda: model_builders.serving_module(
+            folder / "nested.zip", inner_read
+        ),
+        "ReadFile (in a branch)": lambda: model_builders.serving_module(
+            folder / "branch.zip",
+            lambda: tf.cond(tf.random.uniform([]) > 2.0, inner_read, lambda: 0.0),
+        ),
+        # Not in serving at all: in what tf.saved_model.load runs.
+        "WriteFile (when loaded)": lambda: model_builders.serving_module(
+            folder / "on_load.zip",
+            lambda: 0.0,
+            table=model_builders.FileWritingResource(write),
+        ),
+    }
+
+
+HOSTILE_SAVEDMODELS = [
+    "ReadFile",
+    "WriteFile",
+    "TextLineDataset",
+    "EagerPyFunc",
+    "MatchingFiles",
+    "ReadFile (in a called function)",
+    "ReadFile (in a branch)",
+    "WriteFile (when loaded)",
+]
+
+
+@pytest.mark.parametrize("case", HOSTILE_SAVEDMODELS)
+def test_savedmodel_touching_files_or_python_is_refused_unrun(no_child, tmp_path, canary, case):
+    written = tmp_path / "written.txt"
+    hostile = hostile_savedmodels(tmp_path, canary, written)[case]()
+    written.unlink(missing_ok=True)  # whatever building it did; inspecting must not write
+
+    message = refuse(hostile)
+
+    assert case.split()[0] in message
+    assert "Only inference operations are accepted" in message
+    assert canary.read_text() == SECRET
+    assert not written.exists()
+
+
+@pytest.mark.parametrize(
+    ("graph", "message"),
+    [
+        (b"\x12\x05ab", "not a SavedModel protocol buffer"),
+        (b"", "a TensorFlow 1 SavedModel (without an object graph) is not accepted"),
+    ],
+)
+def test_savedmodel_that_cannot_be_scanned_is_refused(no_child, tmp_path, graph, message):
+    assert message in refuse(zip_with(tmp_path / "odd.zip", {"model/saved_model.pb": graph}))
+
+
+def test_savedmodel_stored_before_the_scan_is_refused_when_loaded(tmp_path, canary):
+    """The engine loads stored models through the runtime, which scans them again."""
+    from service.registry.runtime import CompiledModel, ModelLoadError
+
+    hostile = hostile_savedmodels(tmp_path, canary, tmp_path / "written.txt")["ReadFile"]()
+    folder = model_files.loadable_path(hostile, "savedmodel", tmp_path / "unpacked")
+    with pytest.raises(ModelLoadError, match="ReadFile"):
+        CompiledModel(str(folder), "savedmodel")
+
+
+def test_hostile_savedmodel_upload_is_422_and_nothing_is_stored(api, db, tmp_path, canary):
+    hostile = hostile_savedmodels(tmp_path, canary, tmp_path / "written.txt")["ReadFile"]()
+    response = upload_model(api, "reader", hostile)
+    assert response.status_code == 422, response.text
+    assert "ReadFile" in str(response.json()["_issues"]["file"])
+    assert SECRET not in response.text
+    assert api.get("/models").json()["_items"] == []
+    assert db["fs.files"].count_documents({}) == 0
+    assert db["fs.chunks"].count_documents({}) == 0
+
+
+# --- ordinary models pass ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ordinary_models(tmp_path_factory) -> dict[str, Path]:
+    """Demo-like models saved every way clients upload them."""
+    folder = tmp_path_factory.mktemp("ordinary")
+    cnn, rnn = model_builders.ordinary_cnn(), model_builders.ordinary_rnn()
+    cnn.save(folder / "cnn.keras")
+    rnn.save(folder / "rnn.keras")
+    iris = keras.Sequential(
+        [
+            keras.Input(shape=(4,), name="measurements"),
+            keras.layers.Normalization(mean=[5.8, 3.0, 3.8, 1.2], variance=[0.7, 0.2, 3.1, 0.6]),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    iris.save(folder / "iris.keras")
+    return {
+        "cnn.keras": folder / "cnn.keras",
+        "rnn.keras": folder / "rnn.keras",
+        "iris.keras": folder / "iris.keras",
+        "cnn export": model_builders.keras_export_zip(cnn, folder / "cnn_export.zip"),
+        "rnn export": model_builders.keras_export_zip(rnn, folder / "rnn_export.zip"),
+        "cnn tf.saved_model.save": model_builders.keras_tf_saved_model_zip(
+            cnn, folder / "cnn_saved.zip"
+        ),
+        "tf.Module": model_builders.savedmodel_zip(folder / "doubler.zip"),
+    }
+
+
+def test_ordinary_models_pass_the_static_checks(no_child, ordinary_models):
+    formats = {
+        name: model_files.sniff_format(path, LIMITS["max_bytes"])
+        for name, path in ordinary_models.items()
+    }
+    assert formats == {
+        name: "keras" if name.endswith(".keras") else "savedmodel" for name in ordinary_models
+    }
+
+
+@pytest.mark.parametrize("name", ["cnn.keras", "cnn export"])
+def test_ordinary_model_is_accepted_by_the_sandboxed_child(ordinary_models, name):
+    inspection = model_files.inspect(ordinary_models[name], **LIMITS)
+    assert inspection["signature"]["inputs"][0]["shape"] == [None, 8, 8, 1]
+    assert inspection["signature"]["outputs"][0]["shape"] == [None, 3]
+
+
+# --- the allow-lists stay true to the libraries -------------------------------------------
+
+
+def test_keras_allow_list_names_keras_classes_and_functions():
+    for module, names in model_scan.KERAS_CLASSES.items():
+        namespace = importlib.import_module(module)
+        for name in names:
+            assert isinstance(getattr(namespace, name, None), type), f"{module}.{name}"
+    for module, names in model_scan.KERAS_FUNCTIONS.items():
+        namespace = importlib.import_module(module)
+        for name in names:
+            assert callable(getattr(namespace, name, None)), f"{module}.{name}"
+
+
+def test_op_allow_list_names_registered_operations_and_no_io():
+    from tensorflow.python.framework import op_def_registry
+
+    assert not [op for op in model_scan.ALLOWED_OPS if op_def_registry.get(op) is None]
+    for refused in ["ReadFile", "WriteFile", "MatchingFiles", "PyFunc", "EagerPyFunc", "SaveV2"]:
+        assert refused not in model_scan.ALLOWED_OPS
+
+
+def test_scan_reads_tensorflows_field_numbers():
+    """The scan's reduced protos have TensorFlow's field numbers, message by message."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    def compare(ours: str, theirs, seen: set) -> None:
+        if ours in seen:
+            return
+        seen.add(ours)
+        for field, (number, kind, repeated) in model_scan._PROTO_FIELDS[ours].items():
+            real = theirs.fields_by_name[field]
+            assert (real.number, real.is_repeated) == (number, repeated), f"{ours}.{field}"
+            if kind in model_scan._PROTO_FIELDS:
+                compare(kind, real.message_type, seen)
+
+    seen: set = set()
+    compare("SavedModel", saved_model_pb2.SavedModel.DESCRIPTOR, seen)
+    assert seen == set(model_scan._PROTO_FIELDS)
+
+
+# --- the sandbox ---------------------------------------------------------------------------
+
+
+def run_limited(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        preexec_fn=model_files.sandbox_limits(memory_mb=1024),
+    )
+
+
+def test_sandboxed_child_cannot_write_a_byte(tmp_path):
+    finished = run_limited("handle = open('x', 'w'); handle.write('y'); handle.close()", tmp_path)
+    assert finished.returncode != 0
+    assert "File too large" in finished.stderr
+    assert (tmp_path / "x").stat().st_size == 0
+
+
+def test_sandboxed_child_cannot_open_many_files(tmp_path):
+    finished = run_limited("files = [open('/dev/null') for _ in range(300)]", tmp_path)
+    assert finished.returncode != 0
+    assert "Too many open files" in finished.stderr
+
+
+def test_child_starts_in_an_empty_directory_with_a_minimal_environment(monkeypatch, tiny_keras):
+    calls = []
+
+    class RecordingSubprocess:
+        TimeoutExpired = subprocess.TimeoutExpired
+
+        @staticmethod
+        def run(command, **options):
+            calls.append((command, options, os.listdir(options["cwd"])))
+            answer = json.dumps({"signature": {"inputs": [], "outputs": []}})
+            return subprocess.CompletedProcess(command, 0, stdout=answer, stderr="")
+
+    monkeypatch.setattr(model_files, "subprocess", RecordingSubprocess)
+    model_files.inspect(tiny_keras, **LIMITS)
+
+    [(command, options, listed)] = calls
+    assert listed == []
+    assert Path(options["cwd"]) != model_files.ROOT
+    assert command[:3] == [sys.executable, "-I", "-B"]
+    assert set(options["env"]) == {"PATH", "HOME", "TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES"}
+    assert options["preexec_fn"] is not None
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam(model_files.SANDBOX_USER)
+        assert command[-1] == f"--drop-to={nobody.pw_uid}:{nobody.pw_gid}"
+
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="dropping privileges needs root (as a user, there are none to drop)"
+)
+
+
+@needs_root
+def test_drop_privileges_is_for_good(tmp_path):
+    nobody = pwd.getpwnam(model_files.SANDBOX_USER)
+    code = (
+        "import os; from service.registry.inspect_model import drop_privileges; "
+        f"drop_privileges({nobody.pw_uid}, {nobody.pw_gid}); "
+        "print(os.getuid(), os.getgid(), os.getgroups()); os.setuid(0)"
+    )
+    finished = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=model_files.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert finished.stdout.split() == [str(nobody.pw_uid), str(nobody.pw_gid), "[]"]
+    assert "PermissionError" in finished.stderr
+
+
+@needs_root
+def test_child_reads_models_as_the_sandbox_user(tmp_path, tiny_keras):
+    """A file only root may read (tmp_path is root's alone) cannot be opened by the child."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    model = private / "model.keras"
+    model.write_bytes(tiny_keras.read_bytes())
+    with pytest.raises(ModelFileError, match="Permission denied"):
+        model_files.inspect_in_child(model, "keras", timeout_s=60, memory_mb=4096)
+
+
+# --- downloads -----------------------------------------------------------------------------
+
+
+def test_model_file_downloads_as_bytes_whatever_its_claimed_type(api, tiny_keras):
+    with open(tiny_keras, "rb") as handle:
+        created = api.post(
+            "/models",
+            data={"name": "tiny"},
+            files={"file": ("<b>page</b>.html", handle, "text/html")},
+        )
+    assert created.status_code == 201, created.text
+    model = api.get(f"/models/{created.json()['_id']}").json()
+
+    download = api.session.get(api.base_url.removesuffix("/v1") + model["file"]["file"])
+
+    assert download.status_code == 200
+    assert download.headers["Content-Type"] == "application/octet-stream"
+    assert download.headers["X-Content-Type-Options"] == "nosniff"
+    assert download.headers["Content-Disposition"] == 'attachment; filename="b_page__b_.html"'
+    assert download.content == tiny_keras.read_bytes()
