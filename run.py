@@ -94,14 +94,14 @@ def ensure_admin_key(mongo_uri: str) -> None:
     if chosen:
         if keys.check(chosen) is None:
             try:
-                keys.create("admin", "admin", key=chosen)
+                keys.create("admin", "admin", owner="admin", key=chosen)
             except ValueError as error:
                 raise SystemExit(f"SIBYL_ADMIN_KEY: {error}") from None
             log.info("admin key from SIBYL_ADMIN_KEY stored")
         return
     if keys.has_admin():
         return
-    document, key = keys.create("admin", "admin")
+    document, key = keys.create("admin", "admin", owner="admin")
     path = Path(settings.ADMIN_KEY_FILE)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
@@ -134,8 +134,10 @@ def manage_keys(args: argparse.Namespace) -> None:
     elif not keys.revoke(args.id):
         raise SystemExit(f"no active key with id {args.id}")
     else:
-        print(f"revoked {args.id} (other API processes stop accepting it within "
-              f"{settings.KEY_CACHE_SECONDS:g} s)")
+        print(
+            f"revoked {args.id} (other API processes stop accepting it within "
+            f"{settings.KEY_CACHE_SECONDS:g} s)"
+        )
 
 
 def database_uri() -> str:

@@ -99,7 +99,9 @@ PAGINATION_LIMIT = _int("SIBYL_PAGE_LIMIT", 500)
 # with the `next` link until it is absent.
 OPTIMIZE_PAGINATION_FOR_SPEED = True
 # Answer errors as JSON for these codes too (Eve's list lacks 413/414/500/503).
-STANDARD_ERRORS = [400, 401, 403, 404, 405, 406, 409, 410, 412, 413, 414, 422, 428, 429, 500, 503]
+STANDARD_ERRORS = [
+    *(400, 401, 403, 404, 405, 406, 409, 410, 412, 413, 414, 415, 422, 428, 429, 500, 503)
+]
 # Operators refused anywhere in `where`: server-side JavaScript, regexes (which can
 # be made to run for minutes), $expr (aggregation expressions: arbitrary work per
 # document, and a way to compare fields that may not be filtered on), $jsonSchema

@@ -9,6 +9,8 @@ class SibylError(Exception):
     """An error a client caused or must know about; status is its HTTP status."""
 
     status = 400
+    # HTTP headers the answer carries (Retry-After, say).
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -66,6 +68,8 @@ class TooManyActive(SibylError):
     """
 
     status = 429
+    # Jobs take seconds: a client told to retry then usually finds room.
+    headers = {"Retry-After": "5"}
 
     def __init__(self, unit: str, in_flight: int, limit: int, setting: str, adding: int = 0):
         request = f" and this request adds {adding}" if adding else ""

@@ -76,7 +76,7 @@ class LiveServer:
         name = name or role
         if (role, name) not in self._keys:
             keys = self.app.extensions["sibyl"].keys
-            self._keys[role, name] = keys.create(role, name)[1]
+            self._keys[role, name] = keys.create(role, name, owner=name)[1]
         return self._keys[role, name]
 
     def api(self, role: str | None = "admin", name: str | None = None, **kwargs) -> Api:

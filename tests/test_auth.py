@@ -340,3 +340,107 @@ def test_method_override_meets_the_same_door(live_server, alice, bob):
     assert alice.get(f"/jobs/{job['_id']}").status_code == 200
     put = {"X-HTTP-Method-Override": "PUT", "If-Match": etag}
     assert alice.post(f"/jobs/{job['_id']}", json={}, headers=put).status_code == 405
+
+
+# --- found by an attacker's review ---------------------------------------------------
+
+
+def test_waiting_on_a_job_one_cannot_see_answers_at_once(alice, bob, queueing_server):
+    """A wait on an unknown id or another owner's job would hold a thread for nothing,
+    and its length would tell when that job ends."""
+    job = submit(alice)
+    started = time.monotonic()
+    assert bob.get(f"/jobs/{job['_id']}?wait=5").status_code == 404
+    assert bob.get(f"/jobs/{'0' * 24}?wait=5").status_code == 404
+    assert time.monotonic() - started < 2
+
+
+def test_waiters_of_one_job_do_not_release_each_other(live_server, alice):
+    from service.jobs.completions import Completions
+    from service.jobs.events import JobEnded, JobEvents
+
+    events = JobEvents()
+    completions = Completions(events)
+    job_id = __import__("bson").ObjectId()
+    completions.expect([job_id])  # a POST ?wait=
+    completions.expect([job_id])  # a GET ?wait= of the same job
+    completions.release([job_id])  # the GET gives up
+    events.ended(JobEnded(job_id, "succeeded", {"tags": {}}))
+    waited = completions.wait(None, [job_id], timeout=0.1, local=True)
+    assert waited[job_id].status == "succeeded"  # the POST still hears of it
+
+
+def test_owners_are_not_shared_by_accident(api):
+    first = api.post("/keys", json={"role": "client", "name": "frank"})
+    assert first.status_code == 201
+    again = api.post("/keys", json={"role": "client", "name": "frank"})
+    assert again.status_code == 422 and "name the owner explicitly" in again.text
+    rotated = api.post("/keys", json={"role": "client", "name": "frank-2", "owner": "frank"})
+    assert rotated.status_code == 201 and rotated.json()["owner"] == "frank"
+    # No client key may act as an admin's or analyst's owner.
+    as_admin = api.post("/keys", json={"role": "client", "name": "x", "owner": "admin"})
+    assert as_admin.status_code == 422 and "admin keys" in as_admin.json()["_issues"]["owner"]
+
+
+@pytest.mark.parametrize(
+    "body", [{"role": "client", "name": "\u0000"}, {"role": "client", "name": "a", "owner": "\t"}]
+)
+def test_key_names_are_printable_text(api, body):
+    assert api.post("/keys", json=body).status_code == 422
+
+
+def test_keys_are_made_from_json_only(api):
+    body = '{"role": "client", "name": "text-plain"}'
+    response = api.post("/keys", data=body, headers={"Content-Type": "text/plain"})
+    assert response.status_code == 415
+
+
+def test_managing_keys_checks_the_key_afresh(live_server, api):
+    """A revoked admin key cannot act in another process during its cache window."""
+    keys = live_server.app.extensions["sibyl"].keys
+    _, key = keys.create("admin", "short-lived admin", owner="admin")
+    admin = Api(live_server.url + "/v1", key=key)
+    assert admin.get("/keys").status_code == 200  # now remembered as valid here
+    # Revoked by another process: this one's memory is not told.
+    keys.collection.update_one({"_id": key.split("_")[1]}, {"$set": {"revoked": True}})
+    assert admin.post("/keys", json={"role": "client", "name": "minted"}).status_code == 401
+    assert admin.get("/jobs").status_code == 401  # and the fresh read corrected the memory
+
+
+def test_server_owned_fields_are_refused_even_as_null(alice, db):
+    for field in ("owner", "lease", "status", "error", "queued_at"):
+        body = {"model": "iris", "inputs": [SETOSA], field: None}
+        response = alice.post("/jobs", json=body)
+        assert response.status_code == 422, field
+        assert field in response.json()["_issues"]
+    assert db.jobs.count_documents({}) == 0
+
+
+def test_predictions_hide_batch_bookkeeping_from_clients(alice, api):
+    job = submit(alice)
+    mine = alice.get("/predictions").json()["_items"][0]
+    assert "batch" not in mine and "attempt" not in mine
+    asked = alice.get("/predictions", params={"projection": json.dumps({"batch": 1})})
+    assert "batch" not in asked.json()["_items"][0]
+    assert "batch" in api.get(f"/predictions/{job['predictions'][0]['_id']}").json()
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/jobs", '{"model": "iris", "inputs": [[1, 2, 3, 4]], "tags": {"a": "\\ud800"}}'),
+        ("/jobs", '{"model": "iris", "inputs": [[1, 2, 3, 4]], "tags": {"\\ud800": 1}}'),
+        ("/jobs", '{"model": "\\ud800", "inputs": [[1, 2, 3, 4]]}'),
+        ("/keys", '{"role": "client", "name": "\\ud800"}'),
+    ],
+)
+def test_lone_surrogates_are_refused_not_a_500(api, db, path, body):
+    response = api.post(path, data=body, headers={"Content-Type": "application/json"})
+    assert response.status_code in (400, 422), response.text
+    assert db.jobs.count_documents({}) == 0
+
+
+def test_lone_surrogates_in_a_filter_are_a_400(api):
+    response = api.get("/jobs", params={"where": '{"model": "\\ud800"}'})
+    assert response.status_code == 400
+    assert "Unicode" in response.json()["_error"]["message"]

@@ -301,10 +301,13 @@ def test_a_json_body_on_models_does_not_get_the_upload_limit(api, db):
 
 
 @pytest.fixture
-def fresh_counts(monkeypatch):
+def fresh_counts(monkeypatch, queueing_server):
     """The job service reads an owner's in-flight jobs on every submission (not from its
     memory of the last second): these tests change jobs behind its back."""
     monkeypatch.setattr(service_module, "QUOTA_READ_EVERY_S", 0.0)
+    yield
+    # What the queueing app read of jobs seeded here is not the next test's.
+    queueing_server.app.extensions["sibyl"].jobs.in_flight.forget()
 
 
 @pytest.fixture
@@ -424,3 +427,36 @@ def test_past_the_quota_a_post_is_429_and_stores_nothing(
     assert queue_db.jobs.count_documents({}) == 2
     # The count is an index read.
     assert "owner_status" in queue_db.jobs.index_information()
+
+
+def test_concurrent_requests_of_one_owner_cannot_all_pass_on_one_reading(
+    queueing_server, queue_db, queue_demo_models
+):
+    """Found by an attacker's review: 20 parallel POSTs queued 30 jobs past a quota of 5.
+    Within a process, the check and the count are one step now."""
+    import threading
+
+    services = queueing_server.app.extensions["sibyl"]
+    config = {**queueing_server.app.config, "MAX_ACTIVE_JOBS_PER_OWNER": 5}
+    jobs = JobService(services.store, services.models, config, services.completions, lambda: None)
+    outcomes: list[str] = []
+    start = threading.Barrier(20)
+
+    def post() -> None:
+        start.wait()
+        try:
+            jobs.submit([JOB], ALICE)
+            outcomes.append("accepted")
+        except TooManyActive:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=post) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Never past the quota; a reading racing an insert may count a job twice, so a
+    # burst can be refused a little early, never admitted late.
+    accepted = outcomes.count("accepted")
+    assert 0 < accepted <= 5
+    assert queue_db.jobs.count_documents({"owner": "alice"}) == accepted

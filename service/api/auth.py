@@ -18,7 +18,7 @@ from eve.endpoints import error_endpoint
 from flask import Flask, abort, current_app, g, request
 from werkzeug.exceptions import Forbidden, Unauthorized
 
-from service.api.roles import PUBLIC, identity_of, may, right_needed
+from service.api.roles import FRESH_RIGHTS, PUBLIC, identity_of, may, right_needed
 from service.context import sibyl
 from service.store.access import ANONYMOUS
 
@@ -49,12 +49,13 @@ def authenticate() -> None:
     if not current_app.config["AUTH"]:
         g.identity = ANONYMOUS
         return
-    if right_needed(request.endpoint, request.method) == PUBLIC:
+    right = right_needed(request.endpoint, request.method)
+    if right == PUBLIC:
         return
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         presented = ""
-    key = sibyl().keys.check(presented.strip())
+    key = sibyl().keys.check(presented.strip(), fresh=right in FRESH_RIGHTS)
     if key is not None:
         g.identity = identity_of(key.role, key.owner, key.id)
 

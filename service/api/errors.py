@@ -102,7 +102,9 @@ def domain_error(error: SibylError) -> Response:
         body["_issues"] = {error.field: error.message}
     if isinstance(error, Rejected):
         body.update(rejected_body(error.issues, request.get_json(silent=True)))
-    return Response(json.dumps(body), error.status, mimetype="application/json")
+    return Response(
+        json.dumps(body), error.status, headers=error.headers, mimetype="application/json"
+    )
 
 
 def rejected_body(issues: list[tuple[int, str, str]], request_body) -> dict:

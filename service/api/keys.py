@@ -8,8 +8,9 @@ from datetime import datetime
 
 from eve.endpoints import error_endpoint
 from flask import Blueprint, abort, jsonify, request
-from werkzeug.exceptions import NotFound
+from werkzeug.exceptions import NotFound, UnsupportedMediaType
 
+from service.api.request_checks import storable_text
 from service.context import sibyl
 from service.errors import InvalidField, Rejected
 from service.store.keys import ROLES
@@ -44,7 +45,9 @@ def get_key(key_id: str):
 @keys.post("/keys")
 def create_key():
     """{"role": "client", "name": "alice", "owner": "alice"} → 201 with the key, shown once."""
-    body = request.get_json(force=True, silent=True)
+    if not request.is_json:
+        abort(error_endpoint(UnsupportedMediaType("send the key's fields as application/json")))
+    body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise InvalidField('the body must be a JSON object: {"role": ..., "name": ...}')
     issues = []
@@ -59,9 +62,14 @@ def create_key():
             continue
         if not isinstance(value, str) or not 0 < len(value) <= NAME_MAX:
             issues.append((0, field, f"must be a string of 1 to {NAME_MAX} characters"))
+        elif not value.isprintable() or not storable_text(value):
+            issues.append((0, field, "must be printable text"))
     if issues:
         raise Rejected(issues)
-    document, key = sibyl().keys.create(body["role"], body["name"], body.get("owner"))
+    try:
+        document, key = sibyl().keys.create(body["role"], body["name"], body.get("owner"))
+    except ValueError as error:
+        raise Rejected([(0, "owner", str(error))]) from None
     answer = {**_public(document), "key": key, "_status": "OK"}
     return jsonify(answer), 201, {"Location": f"{request.base_url}/{document['_id']}"}
 

@@ -37,6 +37,22 @@ OUT_OF_RANGE = "integer out of the 64-bit range MongoDB takes"
 # A stored key starting with $ cannot be queried, and Eve reshapes a dotted one
 # ({"a.b": 1} became {"a": {"b": 1}}).
 BAD_KEY = "a field name may not start with $ or contain a dot"
+# JSON lets a string hold half a UTF-16 pair ("\\ud800"), which UTF-8 (and so BSON)
+# cannot; BSON field names cannot hold NUL either.
+BAD_TEXT = "not valid Unicode text (a lone surrogate, or NUL in a field name)"
+
+
+def storable_text(text: str, name: bool = False) -> bool:
+    """Whether MongoDB can store the string (as a field name, with name)."""
+    if text.isascii():
+        return not (name and "\0" in text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return not (name and "\0" in text)
+
+
 # The operators whose value is a list of filters, each naming fields of its own.
 LOGICAL_OPERATORS = ("$and", "$or", "$nor")
 
@@ -164,7 +180,8 @@ def scan_json(
     value, depth_limit: int, document_level: int = 0, keys: bool = False
 ) -> tuple[bool, tuple[tuple, str] | None]:
     """One walk of a parsed JSON value: (nested deeper than depth_limit, the path to the
-    first value MongoDB cannot store and why): a number, or with keys, a field name.
+    first value MongoDB cannot store and why): a number, a string that is not Unicode
+    text, or with keys, a field name starting with $ or holding a dot.
     document_level: 1 when value is a list of documents (a bulk POST), 0 when it is one."""
     if not isinstance(value, (dict, list)):
         return False, None
@@ -173,8 +190,11 @@ def scan_json(
     while stack:
         node, path = stack.pop()
         for key, child in node.items() if isinstance(node, dict) else enumerate(node):
-            if keys and found is None and type(key) is str and (key[:1] == "$" or "." in key):
-                found = (*path, key), BAD_KEY
+            if found is None and type(key) is str:
+                if not storable_text(key, name=True):
+                    found = (*path, key), BAD_TEXT
+                elif keys and (key[:1] == "$" or "." in key):
+                    found = (*path, key), BAD_KEY
             kind = type(child)
             if kind is dict or kind is list:
                 if len(path) + 2 > depth_limit:
@@ -192,11 +212,13 @@ def scan_json(
                 found = (*path, key), NOT_FINITE
             elif kind is int and not INT64_MIN <= child <= INT64_MAX:
                 found = (*path, key), OUT_OF_RANGE
+            elif kind is str and not storable_text(child):
+                found = (*path, key), BAD_TEXT
     return False, found
 
 
-def unstorable_number(value) -> tuple[tuple, str] | None:
-    """The path to a number in a parsed JSON value that cannot be stored, and why."""
+def unstorable_value(value) -> tuple[tuple, str] | None:
+    """The path to a number or string in a parsed JSON value that cannot be stored, and why."""
     return scan_json(value, depth_limit=2**31)[1]
 
 
@@ -279,7 +301,7 @@ def check_where(
                     f"be filtered on: {', '.join(filterable)} (and their sub-fields, such as "
                     "tags.<name>)",
                 )
-    number = unstorable_number(query)
+    number = unstorable_value(query)
     if number:
         path, reason = number
         abort(400, description=f"where: {json_path(path)}: {reason}")

@@ -32,6 +32,9 @@ RIGHTS: dict[str, frozenset[str]] = {
 }
 # Answered to anyone, without a key: load balancers' probes.
 PUBLIC = "public"
+# Rights whose requests check the key against the database every time, not against
+# the per-process memory of valid keys: a revoked admin key can do nothing at all.
+FRESH_RIGHTS = frozenset({"keys:manage", "models:manage"})
 
 # (endpoint, method) -> the right it needs. HEAD and OPTIONS need what GET needs.
 ROUTE_RIGHTS: dict[tuple[str, str], str] = {

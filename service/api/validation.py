@@ -5,6 +5,7 @@ import tempfile
 from pathlib import Path
 
 from bson import ObjectId
+from cerberus import Validator as CerberusValidator
 from cerberus.schema import DefinitionSchema
 from eve.io.mongo import Validator
 from flask import current_app, g, has_app_context
@@ -59,6 +60,21 @@ class SibylValidator(Validator):
             checked = (schema, CheckedSchema(self, schema))
             cache[id(schema)] = checked
         self._schema = checked[1]
+
+    def _validate_readonly(self, read_only, field, value):
+        """A new document naming a read-only field at all is refused, even as null.
+
+        Eve lets a read-only value through when it equals the stored one, and a new
+        document has none stored: `"owner": null` passed. (Sibyl sets these fields
+        itself either way; the client must still learn it cannot.)
+
+        The rule's arguments are validated against this schema:
+        {'type': 'boolean'}
+        """
+        if read_only and self.persisted_document is None and not self.is_child:
+            CerberusValidator._validate_readonly(self, read_only, field, value)
+        else:
+            super()._validate_readonly(read_only, field, value)
 
     def _validate_not_a_model_id(self, constraint, field, value):
         """Jobs read 24 hex digits as a model id: a model so named could never be used by name.

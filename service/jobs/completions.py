@@ -43,6 +43,9 @@ class Completions:
     def __init__(self, events: JobEvents):
         self._lock = threading.Lock()
         self._waiters: dict[ObjectId, Waiter] = {}
+        # How many requests wait on each job: one request's release must not drop the
+        # waiter another request shares.
+        self._interest: dict[ObjectId, int] = {}
         self.events = events
         events.on_ended(self._ended)
         events.on_requeued(self.forget_predictions)
@@ -56,12 +59,18 @@ class Completions:
         with self._lock:
             for job_id in ids:
                 self._waiters.setdefault(job_id, Waiter())
+                self._interest[job_id] = self._interest.get(job_id, 0) + 1
 
     def release(self, ids: list[ObjectId]) -> None:
-        """The request stopped waiting: forget these jobs."""
+        """The request stopped waiting: forget these jobs once no request waits on them."""
         with self._lock:
             for job_id in ids:
-                self._waiters.pop(job_id, None)
+                left = self._interest.get(job_id, 1) - 1
+                if left > 0:
+                    self._interest[job_id] = left
+                else:
+                    self._interest.pop(job_id, None)
+                    self._waiters.pop(job_id, None)
 
     def add_predictions(self, job_id: ObjectId, documents: list[dict]) -> None:
         """Predictions of the job, exactly as this process just stored them."""

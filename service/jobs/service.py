@@ -9,24 +9,23 @@ through the owner-scoped store, and hands them to this process's dispatcher
 `?wait=` with the jobs as stored and their predictions.
 """
 
-import threading
-import time
 from collections.abc import Callable
 
 from bson import ObjectId
 
 from schemas.common import ACTIVE_STATUSES, FINISHED_STATUSES
-from service.errors import Conflict, InvalidField, Rejected, TooManyActive, Unprocessable
+from service.errors import Conflict, InvalidField, Rejected, Unprocessable
 from service.jobs.claims import JobQueue, new_job, utcnow
 from service.jobs.completions import Completions, Waiter
 from service.jobs.engine import Job
+from service.jobs.quota import InFlight
 from service.registry.model_store import ModelLookup
 from service.registry.signature import check_inputs
 from service.store.access import Identity, Store
 
 # What a finished job's predictions show inline (the rest is on the job).
 # How long a process may count an owner's in-flight jobs from its last read (plus what
-# it accepted since) before reading them again.
+# it accepted since) before reading them again (service/jobs/quota.py).
 QUOTA_READ_EVERY_S = 1.0
 INLINE_PREDICTION_FIELDS = ("_id", "index", "output", "label", "score")
 
@@ -47,11 +46,14 @@ class JobService:
         self.models = models
         self.completions = completions
         self.max_instances = config["MAX_INSTANCES_PER_JOB"]
-        self.max_active_instances = config["MAX_ACTIVE_INSTANCES_PER_OWNER"]
-        self.max_active_jobs = config["MAX_ACTIVE_JOBS_PER_OWNER"]
-        # owner -> (when read, active jobs, active instances): see in_flight().
-        self._in_flight: dict[str | None, tuple[float, int, int]] = {}
-        self._quota_lock = threading.Lock()
+        # Anonymous callers (authentication off) are one owner, None; Sibyl's own
+        # submissions have no quota.
+        self.in_flight = InFlight(
+            self._active,
+            config["MAX_ACTIVE_JOBS_PER_OWNER"],
+            config["MAX_ACTIVE_INSTANCES_PER_OWNER"],
+            lambda: QUOTA_READ_EVERY_S,
+        )
         self._dispatcher = dispatcher
         # State changes made for a request (a deletion), with this process's events.
         self._claims = JobQueue(store, "api", 0, 0, completions.events)
@@ -64,8 +66,9 @@ class JobService:
         queued and running jobs or instances would exceed its quota, TooManyActive.
         watch: the caller will await_finished() them (registered before they can end).
         """
-        in_flight = self.in_flight(identity)
-        self._check_quota(in_flight, 0, 0)  # before the inputs cost any work
+        quota = self.in_flight.enabled and not identity.system
+        if quota:
+            self.in_flight.check(identity.owner)  # before the inputs cost any work
         now = utcnow()
         runner = self._dispatcher()
         # Run here: stored already leased to this process's dispatcher, so no other
@@ -90,10 +93,17 @@ class JobService:
         if issues:
             raise Rejected(issues)
         instances = sum(count for _, _, count in checked)
-        self._check_quota(in_flight, len(documents), instances)
-        self.store.acting_as(identity).jobs.insert_many(documents)
-        if in_flight is not None:
-            self._accepted(identity, len(documents), instances)
+        reservation = None
+        if quota:
+            reservation = self.in_flight.reserve(identity.owner, len(documents), instances)
+        try:
+            self.store.acting_as(identity).jobs.insert_many(documents)
+        except BaseException:
+            if reservation is not None:
+                self.in_flight.cancel(reservation)
+            raise
+        if reservation is not None:
+            self.in_flight.inserted(reservation)
         if watch:
             self.completions.expect([document["_id"] for document in documents])
         if runner is not None:
@@ -114,62 +124,19 @@ class JobService:
             )
         return documents
 
-    def in_flight(self, identity: Identity) -> tuple[int, int] | None:
-        """The owner's queued and running (jobs, instances); None when Sibyl's own process
-        submits. Anonymous callers (authentication off) are one owner, None.
+    def _active(self, owner: str | None) -> tuple[int, int]:
+        """The owner's queued and running (jobs, instances), from the database.
 
-        Read from MongoDB at most every QUOTA_READ_EVERY_S per owner and process, plus
-        what this process accepted since: a read per POST cost ~2 ms at 50 active jobs
-        on the embedded database (it reads every match), a fifth of a job's cost. So
-        the quota bounds what a client can pile up without being exact: concurrent
-        requests, other processes, and jobs that ended within the last read's age.
+        Served by the (owner, status) index; the job quota keeps this read short.
         """
-        if identity.system or not (self.max_active_jobs or self.max_active_instances):
-            return None
-        moment = time.monotonic()
-        known = self._in_flight.get(identity.owner)
-        if known is not None and moment - known[0] < QUOTA_READ_EVERY_S:
-            return known[1], known[2]
-        # Served by the (owner, status) index; the job quota keeps this read short.
         active = self.store.jobs.find(
-            {"owner": identity.owner, "status": {"$in": ACTIVE_STATUSES}},
-            {"_id": 0, "progress.total": 1},
+            {"owner": owner, "status": {"$in": ACTIVE_STATUSES}}, {"_id": 0, "progress.total": 1}
         )
         jobs = instances = 0
         for job in active:
             jobs += 1
             instances += job.get("progress", {}).get("total", 0)
-        with self._quota_lock:
-            if len(self._in_flight) > 10_000:
-                self._in_flight.clear()
-            self._in_flight[identity.owner] = (moment, jobs, instances)
         return jobs, instances
-
-    def _accepted(self, identity: Identity, jobs: int, instances: int) -> None:
-        """Count jobs this process just stored into the owner's remembered in-flight total."""
-        with self._quota_lock:
-            known = self._in_flight.get(identity.owner)
-            if known is not None:
-                self._in_flight[identity.owner] = (known[0], known[1] + jobs, known[2] + instances)
-
-    def _check_quota(self, in_flight: tuple[int, int] | None, jobs: int, instances: int) -> None:
-        """TooManyActive if adding jobs and instances to those in flight exceeds a quota (with
-        nothing to add: if a quota is already reached). A quota of 0 is off."""
-        if in_flight is None:
-            return
-        active_jobs, active_instances = in_flight
-        if _exceeds(active_jobs, jobs, self.max_active_jobs):
-            raise TooManyActive(
-                "jobs", active_jobs, self.max_active_jobs, "SIBYL_MAX_ACTIVE_JOBS_PER_OWNER", jobs
-            )
-        if _exceeds(active_instances, instances, self.max_active_instances):
-            raise TooManyActive(
-                "instances",
-                active_instances,
-                self.max_active_instances,
-                "SIBYL_MAX_ACTIVE_INSTANCES_PER_OWNER",
-                instances,
-            )
 
     def await_finished(
         self, ids: list[ObjectId], seconds: float, identity: Identity, submitted: dict | None = None
@@ -198,14 +165,16 @@ class JobService:
         self.completions.expect(ids)
         try:
             already = set()
+            open_ids = ids
             if not just_submitted:
-                already = {
-                    job["_id"]
-                    for job in store.jobs.find(
-                        {"_id": {"$in": ids}, "status": {"$in": FINISHED_STATUSES}}, {"_id": 1}
-                    )
+                # Only jobs the identity can see are waited on: an unknown id or another
+                # owner's job answers at once (a wait would tell when it ends).
+                status = {
+                    job["_id"]: job["status"]
+                    for job in store.jobs.find({"_id": {"$in": ids}}, {"status": 1})
                 }
-            open_ids = [job_id for job_id in ids if job_id not in already]
+                already = {job_id for job_id, s in status.items() if s in FINISHED_STATUSES}
+                open_ids = [job_id for job_id in status if job_id not in already]
             # Jobs this process just leased to itself wake their waiters themselves.
             local = just_submitted and self._dispatcher() is not None
             waiters = self.completions.wait(store, open_ids, seconds, local=local)
@@ -258,11 +227,3 @@ class JobService:
     def deleted(self, job_id: ObjectId) -> None:
         """A deleted job takes its predictions with it."""
         self._claims.deleted(job_id)
-
-
-def _exceeds(active: int, adding: int, limit: int) -> bool:
-    """Whether adding to active passes limit (0: no limit); adding nothing, whether active
-    already reached it."""
-    if not limit:
-        return False
-    return active + adding > limit if adding else active >= limit

@@ -24,8 +24,9 @@ from pymongo.database import Database
 # Resources whose documents belong to the identity that created them.
 OWNED_RESOURCES = frozenset({"jobs", "predictions"})
 # Bookkeeping only admins see: a job's lease holds the claim token its runner's
-# writes are fenced by.
-INTERNAL_FIELDS = {"jobs": ("lease",)}
+# writes are fenced by; a prediction's batch (its id and size) tells of other
+# owners' jobs that shared the model call, its attempt of retries.
+INTERNAL_FIELDS = {"jobs": ("lease",), "predictions": ("batch", "attempt")}
 
 
 @dataclass(frozen=True)

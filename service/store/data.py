@@ -27,11 +27,7 @@ def without_fields(projection: dict | None, hidden: tuple[str, ...]) -> dict:
     """A MongoDB projection that also leaves out the hidden fields (and their sub-fields)."""
     if not projection or not any(projection.values()):
         return {**(projection or {}), **{field: 0 for field in hidden}}
-    kept = {
-        name: value
-        for name, value in projection.items()
-        if name.split(".")[0] not in hidden
-    }
+    kept = {name: value for name, value in projection.items() if name.split(".")[0] not in hidden}
     # An inclusion left empty would mean "every field".
     return kept or {"_id": 1}
 

@@ -8,9 +8,11 @@ hash is as safe and costs microseconds, not the 100 ms a password hash would add
 every request. The stored hash is compared with hmac.compare_digest.
 
 Each process remembers a valid key for KEY_CACHE_SECONDS: a key revoked elsewhere stops
-working here within that bound (and at once in the process that revoked it). Failures
-are never answered from memory: a missing, malformed, unknown or revoked key costs the
-same lookup by id and the same comparison, so they cannot be told apart by timing.
+working here within that bound (and at once in the process that revoked it); requests
+that manage keys or models ask the database every time (`fresh`). Failures are never
+answered from memory: a missing, malformed, unknown, revoked or wrong-secret key costs
+the same one lookup by hash (a miss, whatever the key named) and the same comparisons,
+so they cannot be told apart by timing.
 """
 
 import hashlib
@@ -80,7 +82,8 @@ class Keys:
     def __init__(self, collection: Collection, cache_seconds: float = 2.0):
         self.collection = collection
         self.cache_seconds = cache_seconds
-        # key id -> (when read, stored document): valid keys only.
+        collection.create_index("hash", unique=True)
+        # hash -> (when read, stored document): valid keys only.
         self._valid: dict[str, tuple[float, dict]] = {}
         self._last_used: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -88,10 +91,24 @@ class Keys:
     def create(self, role: str, name: str, owner: str | None = None, key: str | None = None):
         """Store a new key; answer (its document without the hash, the key itself).
 
+        owner: whose documents the key acts on; by default its name, which must then be
+        no one's yet. Naming an existing owner explicitly gives it another key (a
+        rotation); an owner stays with one role, so a client key can never be made to
+        act as an admin's or analyst's owner.
         key: a chosen key (SIBYL_ADMIN_KEY), else a random one.
         """
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        existing = self.collection.find_one({"owner": owner or name}, {"role": 1})
+        if existing is not None and existing["role"] != role:
+            raise ValueError(
+                f"owner {owner or name!r} has {existing['role']} keys: choose another name or owner"
+            )
+        if existing is not None and owner is None:
+            raise ValueError(
+                f"owner {name!r} has keys already: to give it another one (a rotation), "
+                f"name the owner explicitly; otherwise choose another name"
+            )
         if key is None:
             key_id, key = new_key()
         else:
@@ -121,28 +138,32 @@ class Keys:
         document.pop("hash")
         return document, key
 
-    def check(self, presented: str) -> ApiKey | None:
-        """The key a request presented, if it is valid; None otherwise (whatever the reason)."""
+    def check(self, presented: str, fresh: bool = False) -> ApiKey | None:
+        """The key a request presented, if it is valid; None otherwise (whatever the reason).
+
+        fresh: ask the database even if this process saw the key valid moments ago.
+        """
         key_id = key_id_of(presented)
         digest = hash_key(presented)
         moment = time.monotonic()
-        cached = self._valid.get(key_id)
-        fresh = cached is not None and moment - cached[0] < self.cache_seconds
-        if fresh and hmac.compare_digest(cached[1]["hash"], digest):
+        cached = None if fresh else self._valid.get(digest)
+        if cached is not None and moment - cached[0] < self.cache_seconds:
             return self._api_key(cached[1])
-        # Every failure takes this path: one lookup by id, one comparison.
-        document = self.collection.find_one({"_id": key_id or "-", "revoked": {"$ne": True}})
-        valid = document is not None and hmac.compare_digest(
-            document.get("hash") or NO_HASH, digest
+        # Every failure takes this path: one lookup by hash, the same comparisons.
+        document = self.collection.find_one({"hash": digest})
+        stored = document or {"_id": "-", "hash": NO_HASH, "revoked": True}
+        valid = (
+            hmac.compare_digest(stored["hash"], digest)
+            and stored["_id"] == key_id
+            and stored.get("revoked") is not True
         )
         with self._lock:
-            if document is None:  # revoked meanwhile
-                self._valid.pop(key_id, None)
             if not valid:
+                self._valid.pop(digest, None)
                 return None
             if len(self._valid) > 10_000:
                 self._valid.clear()
-            self._valid[key_id] = (moment, document)
+            self._valid[digest] = (moment, document)
         self._note_use(key_id, moment)
         return self._api_key(document)
 
@@ -170,7 +191,9 @@ class Keys:
     def forget(self, key_id: str) -> None:
         """Drop a key from this process's memory (revoked here)."""
         with self._lock:
-            self._valid.pop(key_id, None)
+            for digest, (_, document) in list(self._valid.items()):
+                if document["_id"] == key_id:
+                    self._valid.pop(digest, None)
 
     def get(self, key_id: str) -> dict | None:
         return self.collection.find_one({"_id": key_id}, {"hash": 0})
