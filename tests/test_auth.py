@@ -326,6 +326,7 @@ def test_lease_tokens_are_shown_to_admins_only(queue_api, queueing_server, queue
     for params in ({}, {"projection": json.dumps({"lease": 1})}):
         shown = client.get(f"/jobs/{job_id}", params=params).json()
         assert "lease" not in shown
+    assert "lease" not in client.get("/jobs").json()["_items"][0]
     assert "lease" in queue_api.get(f"/jobs/{job_id}").json()
 
 
@@ -418,6 +419,7 @@ def test_server_owned_fields_are_refused_even_as_null(alice, db):
 
 def test_predictions_hide_batch_bookkeeping_from_clients(alice, api):
     job = submit(alice)
+    assert "lease" not in job  # the ?wait= answer either
     mine = alice.get("/predictions").json()["_items"][0]
     assert "batch" not in mine and "attempt" not in mine
     asked = alice.get("/predictions", params={"projection": json.dumps({"batch": 1})})

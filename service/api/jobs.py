@@ -64,7 +64,8 @@ def post_jobs():
     finished = {}
     if seconds:
         finished = services.jobs.await_finished(list(by_id), seconds, identity, submitted=by_id)
-    items = [answer(finished.get(job_id), document) for job_id, document in by_id.items()]
+    hidden = identity.hidden(RESOURCE)
+    items = [answer(finished.get(job_id), document, hidden) for job_id, document in by_id.items()]
     response = {"_status": "OK", "_items": items} if isinstance(body, list) else items[0]
     location = [("Location", f"{resource_link()}/{documents[0]['_id']}")]
     return send_response(RESOURCE, (response, None, None, 201, location))
@@ -98,13 +99,15 @@ def _message(errors) -> str:
     return str(errors)
 
 
-def answer(finished: dict | None, stored: dict) -> dict:
+def answer(finished: dict | None, stored: dict, hidden: tuple[str, ...] = ()) -> dict:
     """One job of a POST's answer: the finished job without its inputs (the client just
-    sent them), or Eve's write answer (meta fields and `status`) while it runs."""
+    sent them) nor the fields the caller may not see, or Eve's write answer (meta fields
+    and `status`) while it runs."""
     if finished is not None:
         predictions = finished.pop("predictions")
         build_response_document(finished, RESOURCE, [])
-        finished.pop("inputs", None)
+        for field in ("inputs", *hidden):
+            finished.pop(field, None)
         # Not the ETag of the job as inserted, and a GET computes the current one.
         finished.pop(config.ETAG, None)
         return {**finished, "predictions": predictions, config.STATUS: config.STATUS_OK}
