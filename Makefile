@@ -20,7 +20,8 @@ run: install
 test: install
 	$(PY) -m pytest
 
-# Sibyl against the naive Flask app and the in-process limit (about 10 minutes).
+# Sibyl against the naive Flask app, the in-process limit and itself without access
+# control (about 12 minutes).
 bench: install
 	$(PY) -m bench.run
 

@@ -88,6 +88,59 @@ KEY_CACHE_SECONDS = float(_int("SIBYL_KEY_CACHE_MS", 2000)) / 1000
 # unless SIBYL_ADMIN_KEY (read by run.py only, never kept in the config) gives one.
 ADMIN_KEY_FILE = os.environ.get("SIBYL_ADMIN_KEY_FILE", "var/admin.key")
 
+# --- rate limits --------------------------------------------------------------
+# service/api/rate_limits.py. Requests are counted per verified API key at its
+# role's rate; requests without a valid key per client address ("anonymous"), so a
+# wrong key spends nobody's quota and guessing keys is slow; and per key again for
+# the costly operations: model uploads, jobs submitted (a bulk POST counts each job
+# it stores), exports. Over a limit: a 429 with Retry-After and RateLimit-* headers.
+# SIBYL_RATE_LIMITS changes any of them: `name=rate;name=rate`, a rate in the
+# notation of `limits` ("100/second", "20/second,1000/minute", "10 per 5 minutes")
+# or "none"; SIBYL_RATE_LIMITS=off turns rate limiting off. With SIBYL_AUTH=off
+# there are no verified keys to count by, and no rate limits. The defaults stop a
+# runaway client without throttling normal use: the request rates lie well above
+# what one 2-core machine serves (about 300 jobs/s), so `make test` and `make
+# bench` never meet them; lower them to each client's share of your capacity.
+DEFAULT_RATE_LIMITS = {
+    "admin": "2000/second",
+    "client": "1000/second",
+    "analyst": "500/second",
+    "anonymous": "50/second,1000/minute",  # per client address
+    "uploads": "300/hour",  # each upload is loaded in a child process: seconds of CPU
+    "jobs": "3000/second",  # single jobs meet the request rate first; bulk POSTs this
+    "exports": "10/minute",  # no export route yet: ready for the first one
+}
+
+
+def _rate_limits(name: str, defaults: dict[str, str]) -> dict[str, str]:
+    """Read `name=rate;name=rate` over the defaults (the rates are checked at start-up)."""
+    rates = dict(defaults)
+    raw = os.environ.get(name, "").strip()
+    if raw == "off":
+        return rates
+    for pair in filter(str.strip, raw.split(";")):
+        scope, equals, rate = (part.strip() for part in pair.partition("="))
+        if not equals or scope not in defaults:
+            raise SystemExit(
+                f"{name}: expected name=rate;... with names among {', '.join(defaults)}, "
+                f"got {pair.strip()!r}"
+            )
+        rates[scope] = rate
+    return rates
+
+
+RATE_LIMITING = os.environ.get("SIBYL_RATE_LIMITS", "").strip() != "off"
+RATE_LIMITS = _rate_limits("SIBYL_RATE_LIMITS", DEFAULT_RATE_LIMITS)
+# Where the counts live:
+#   memory:  in each API process (the default): every gunicorn worker counts alone,
+#            so with SIBYL_WEB_WORKERS=N a client may get up to N times each limit;
+#   mongodb: Sibyl's own database (MONGO_URI): one count across workers and API
+#            nodes, for 3 database round trips a request (the count, and the
+#            headers' remaining and reset), a POST /v1/jobs 7;
+#   or a URI of `limits`' storages: mongodb://host/ (another MongoDB), redis://host
+#   (needs `pip install redis`), memory://.
+RATE_LIMIT_STORAGE = os.environ.get("SIBYL_RATE_LIMIT_STORAGE", "memory")
+
 # --- Eve ------------------------------------------------------------------
 API_VERSION = "v1"
 URL_PREFIX = ""

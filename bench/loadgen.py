@@ -48,9 +48,12 @@ def run_load(
     max_seconds: float,
     is_success: Callable[[int, bytes], bool] = lambda status, body: status < 300,
     warmup: int = 5,
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
-    """POST make_body(i) to url from `concurrency` clients until either bound is hit."""
+    """POST make_body(i) to url from `concurrency` clients until either bound is hit,
+    with headers besides Content-Type (an API key's Authorization)."""
     parts = urlsplit(url)
+    request_headers = {"Content-Type": "application/json", **(headers or {})}
     path = parts.path + (f"?{parts.query}" if parts.query else "")
     result = LoadResult(concurrency)
     lock = threading.Lock()
@@ -60,7 +63,7 @@ def run_load(
 
     def post(connection: http.client.HTTPConnection, number: int) -> tuple[int, bytes]:
         body = json.dumps(make_body(number)).encode()
-        connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        connection.request("POST", path, body=body, headers=request_headers)
         response = connection.getresponse()
         return response.status, response.read()
 

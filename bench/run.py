@@ -1,5 +1,9 @@
 """`make bench`: Sibyl against the naive Flask app and the in-process limit, in one run.
 
+Sibyl runs as configured by default, access control on: the load sends a client key
+(rate limits are counted, set far above the load); the cost of that is measured against
+the same load on SIBYL_AUTH=off.
+
     python -m bench.run [--quick]
 
 Every figure is reported next to its baseline from the same run, as a ratio.
@@ -25,7 +29,7 @@ import requests
 from bson import json_util
 
 from bench import limits
-from bench.loadgen import run_load
+from bench.loadgen import LoadResult, run_load
 from bench.servers import ROOT, start_naive, start_sibyl
 from service.demo.models import load_digits, load_iris
 
@@ -40,6 +44,8 @@ FULL = {
     "analyst_requests": 200,
     "analyst_seconds": 60.0,
     "limit_seconds": 2.0,
+    "access_concurrency": 32,
+    "access_turns": 4,
 }
 QUICK = {
     "concurrency": [1, 4],
@@ -50,6 +56,8 @@ QUICK = {
     "analyst_requests": 10,
     "analyst_seconds": 5.0,
     "limit_seconds": 0.2,
+    "access_concurrency": 4,
+    "access_turns": 2,
 }
 
 
@@ -61,6 +69,30 @@ def sample_inputs() -> dict[str, list]:
 
 def succeeded(status: int, body: bytes) -> bool:
     return status == 201 and b'"status": "succeeded"' in body
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def make_key(sibyl, role: str) -> str:
+    """A new API key of the role, made with Sibyl's admin key."""
+    created = requests.post(
+        sibyl.url + "/v1/keys",
+        json={"role": role, "name": f"bench {role}"},
+        headers=bearer(sibyl.admin_key),
+        timeout=10,
+    )
+    created.raise_for_status()
+    return created.json()["key"]
+
+
+def check_access_control(sibyl, key: str) -> None:
+    """Measure nothing on a misconfigured server: keys required, rate limits counted."""
+    without = requests.get(sibyl.url + "/v1/models", timeout=10)
+    assert without.status_code == 401, f"Sibyl answered {without.status_code} without a key"
+    keyed = requests.get(sibyl.url + "/v1/models", headers=bearer(key), timeout=10)
+    assert keyed.status_code == 200 and "RateLimit-Limit" in keyed.headers, keyed.headers
 
 
 def measured(server, path: str, body, bounds: dict, **options) -> tuple:
@@ -75,8 +107,9 @@ def measured(server, path: str, body, bounds: dict, **options) -> tuple:
     return result, per_request
 
 
-def end_to_end(sibyl, naive, sizes: dict) -> list[dict]:
-    """Single-instance jobs at each concurrency, Sibyl (?wait) and naive (predict)."""
+def end_to_end(sibyl, naive, sizes: dict, key: str) -> list[dict]:
+    """Single-instance jobs at each concurrency, Sibyl (?wait, with the key) and naive
+    (predict)."""
     inputs = sample_inputs()
     rows = []
     for model, instances in inputs.items():
@@ -91,7 +124,9 @@ def end_to_end(sibyl, naive, sizes: dict) -> list[dict]:
                 max_seconds=sizes["max_seconds"],
             )
             baseline, baseline_cpu = measured(naive, "/predict", body, bounds)
-            ours, our_cpu = measured(sibyl, "/v1/jobs?wait=30", body, bounds, is_success=succeeded)
+            ours, our_cpu = measured(
+                sibyl, "/v1/jobs?wait=30", body, bounds, is_success=succeeded, headers=bearer(key)
+            )
             rows.append(
                 {
                     "model": model,
@@ -109,7 +144,7 @@ def end_to_end(sibyl, naive, sizes: dict) -> list[dict]:
     return rows
 
 
-def write_concern_cost(sibyl, workdir: Path, sizes: dict) -> dict:
+def write_concern_cost(sibyl, workdir: Path, sizes: dict, key: str) -> dict:
     """Single-instance iris jobs with Sibyl's write concern (journaled by default) against
     w:1 without journal: a second API (SIBYL_WRITE_CONCERN=w1) on the same database,
     loaded one after the other at each concurrency."""
@@ -118,7 +153,9 @@ def write_concern_cost(sibyl, workdir: Path, sizes: dict) -> dict:
     folder = workdir / "w1"
     folder.mkdir()
     mongo_uri = (workdir / "db" / "uri").read_text().strip()
-    unjournaled = start_sibyl(folder, {"SIBYL_WRITE_CONCERN": "w1"}, mongo_uri=mongo_uri)
+    unjournaled = start_sibyl(
+        folder, {"SIBYL_WRITE_CONCERN": "w1"}, mongo_uri=mongo_uri, admin_key=sibyl.admin_key
+    )
     features = sample_inputs()["iris"]
 
     def body(i):
@@ -127,7 +164,9 @@ def write_concern_cost(sibyl, workdir: Path, sizes: dict) -> dict:
     rows = []
     try:
         unjournaled.wait_until_healthy()
-        requests.post(unjournaled.url + "/v1/jobs?wait=30", json=body(0), timeout=40)  # warm
+        requests.post(  # warm
+            unjournaled.url + "/v1/jobs?wait=30", json=body(0), headers=bearer(key), timeout=40
+        )
         for turn, concurrency in enumerate(sizes["concurrency"]):
             bounds = dict(
                 concurrency=concurrency,
@@ -141,7 +180,11 @@ def write_concern_cost(sibyl, workdir: Path, sizes: dict) -> dict:
                 # The database is the first server's child: its CPU is counted there.
                 db_before, api_before = sibyl.cpu_by_role()["db"], server.cpu_by_role()["app"]
                 result = run_load(
-                    server.url + "/v1/jobs?wait=30", body, **bounds, is_success=succeeded
+                    server.url + "/v1/jobs?wait=30",
+                    body,
+                    **bounds,
+                    is_success=succeeded,
+                    headers=bearer(key),
                 )
                 jobs = max(result.requests, 1)
                 api_ms = (server.cpu_by_role()["app"] - api_before) * 1000 / jobs
@@ -163,18 +206,105 @@ def write_concern_cost(sibyl, workdir: Path, sizes: dict) -> dict:
     return {"durable": settings.WRITE_CONCERN, "rows": rows}
 
 
-def bulk_job(sibyl_url: str, instances: int, limit: dict) -> dict:
+def access_control_cost(sibyl, workdir: Path, sizes: dict, key: str) -> dict:
+    """Single-instance iris jobs through Sibyl as configured (the client key checked on
+    every request, rate limits counted) against a second API on the same database with
+    SIBYL_AUTH=off (no keys, no rate limits): alternating turns at one concurrency, each
+    side going first in every other turn, totalled over the turns."""
+    folder = workdir / "auth-off"
+    folder.mkdir()
+    mongo_uri = (workdir / "db" / "uri").read_text().strip()
+    open_api = start_sibyl(
+        folder, {"SIBYL_AUTH": "off"}, mongo_uri=mongo_uri, admin_key=sibyl.admin_key
+    )
+    features = sample_inputs()["iris"]
+
+    def body(i):
+        return {"model": "iris", "inputs": [features[i % len(features)]]}
+
+    bounds = dict(
+        concurrency=sizes["access_concurrency"],
+        max_requests=sizes["max_requests"],
+        max_seconds=sizes["max_seconds"],
+    )
+    # Both get the header, so the clients do the same work; the open API ignores it.
+    headers = bearer(key)
+    loads: dict[str, list] = {"off": [], "on": []}
+    cpu = {"off": {"api": 0.0, "database": 0.0}, "on": {"api": 0.0, "database": 0.0}}
+    turns = []
+    try:
+        open_api.wait_until_healthy()
+        requests.post(open_api.url + "/v1/jobs?wait=30", json=body(0), timeout=40)  # warm
+        for turn in range(sizes["access_turns"]):
+            pair = [("off", open_api), ("on", sibyl)]
+            row = {"turn": turn + 1}
+            for name, server in pair[::-1] if turn % 2 else pair:
+                # The database is the first server's child: its CPU is counted there.
+                db_before, api_before = sibyl.cpu_by_role()["db"], server.cpu_by_role()["app"]
+                result = run_load(
+                    server.url + "/v1/jobs?wait=30",
+                    body,
+                    **bounds,
+                    is_success=succeeded,
+                    headers=headers,
+                )
+                cpu[name]["api"] += server.cpu_by_role()["app"] - api_before
+                cpu[name]["database"] += sibyl.cpu_by_role()["db"] - db_before
+                loads[name].append(result)
+                row[name] = result.summary()
+            row.update(ratios(row["off"], row["on"]))
+            turns.append(row)
+            print(
+                f"  turn {turn + 1}, iris c={bounds['concurrency']}: "
+                f"access control {row['throughput_ratio']}x jobs/s",
+                flush=True,
+            )
+    finally:
+        open_api.stop()
+    total = {}
+    for name, results in loads.items():
+        merged = LoadResult(bounds["concurrency"])
+        for result in results:
+            merged.requests += result.requests
+            merged.errors += result.errors
+            merged.seconds += result.seconds
+            merged.latencies_ms += result.latencies_ms
+        jobs = max(merged.requests, 1)
+        total[name] = {
+            **merged.summary(),
+            "cpu_ms_per_job": {
+                role: round(seconds * 1000 / jobs, 2) for role, seconds in cpu[name].items()
+            },
+        }
+    return {
+        "concurrency": bounds["concurrency"],
+        "turns": turns,
+        **total,
+        **ratios(total["off"], total["on"]),
+    }
+
+
+def ratios(base: dict, measured: dict) -> dict:
+    return {
+        "throughput_ratio": round(measured["throughput_per_s"] / base["throughput_per_s"], 3),
+        "p50_ratio": round(measured["p50_ms"] / base["p50_ms"], 3),
+    }
+
+
+def bulk_job(sibyl_url: str, instances: int, limit: dict, key: str) -> dict:
     """One job of many iris instances, POST to the last prediction stored."""
     features = load_iris()[0].tolist()
     inputs = [features[i % len(features)] for i in range(instances)]
+    http = requests.Session()
+    http.headers.update(bearer(key))
     began = time.perf_counter()
-    created = requests.post(
+    created = http.post(
         sibyl_url + "/v1/jobs", json={"model": "iris", "inputs": inputs}, timeout=60
     )
     created.raise_for_status()
     job_id = created.json()["_id"]
     while True:
-        job = requests.get(f"{sibyl_url}/v1/jobs/{job_id}?wait=30", timeout=40).json()
+        job = http.get(f"{sibyl_url}/v1/jobs/{job_id}?wait=30", timeout=40).json()
         if job["status"] in ("succeeded", "failed"):
             break
     seconds = time.perf_counter() - began
@@ -200,11 +330,13 @@ def seed_predictions(db, target: int) -> None:
         missing -= chunk
 
 
-def analyst_queries(sibyl_url: str, db, sizes: dict) -> list[dict]:
-    """A filtered page of 25 through the API, against the same page through PyMongo."""
+def analyst_queries(sibyl_url: str, db, sizes: dict, key: str) -> list[dict]:
+    """A filtered page of 25 through the API (an analyst's key: every owner's predictions),
+    against the same page through PyMongo."""
     where = {"label": "virginica"}
     rows = []
     session = requests.Session()
+    session.headers.update(bearer(key))
     for size in sizes["analyst_sizes"]:
         seed_predictions(db, size)
         api_ms, raw_ms = [], []
@@ -236,13 +368,15 @@ def analyst_queries(sibyl_url: str, db, sizes: dict) -> list[dict]:
     return rows
 
 
-def download_models(sibyl_url: str, folder: Path) -> dict[str, Path]:
+def download_models(sibyl_url: str, folder: Path, key: str) -> dict[str, Path]:
     """Sibyl's demo model files, for the naive app and the in-process limit."""
     folder.mkdir(parents=True, exist_ok=True)
+    http = requests.Session()
+    http.headers.update(bearer(key))
     paths = {}
-    for model in requests.get(sibyl_url + "/v1/models", timeout=10).json()["_items"]:
+    for model in http.get(sibyl_url + "/v1/models", timeout=10).json()["_items"]:
         path = folder / f"{model['name']}.keras"
-        path.write_bytes(requests.get(sibyl_url + model["file"]["file"], timeout=30).content)
+        path.write_bytes(http.get(sibyl_url + model["file"]["file"], timeout=30).content)
         paths[model["name"]] = path
     return paths
 
@@ -286,6 +420,26 @@ def markdown(results: dict) -> str:
             f"| {w1['cpu_ms_per_job']['api']} · {w1['cpu_ms_per_job']['database']} "
             f"→ {durable['cpu_ms_per_job']['api']} · {durable['cpu_ms_per_job']['database']} |"
         )
+    access = results["access_control"]
+    lines += [
+        "",
+        f"## Access control: iris jobs at {access['concurrency']} clients with a client key "
+        "(checked on every request, rate limits counted) against SIBYL_AUTH=off, same "
+        "database, alternating turns",
+        "",
+        "| turn | off jobs/s | on jobs/s | ratio | off p50 ms | on p50 ms | p50 ratio | off p99 ms | on p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in access["turns"]:
+        lines.append(f"| {row['turn']} {paired_cells(row['off'], row['on'], row)} |")
+    off, on = access["off"], access["on"]
+    lines.append(f"| **all** {paired_cells(off, on, access)} |")
+    lines.append(
+        f"\nCPU ms per job (API · DB): off {off['cpu_ms_per_job']['api']} · "
+        f"{off['cpu_ms_per_job']['database']} → on {on['cpu_ms_per_job']['api']} · "
+        f"{on['cpu_ms_per_job']['database']}; jobs/s with access control "
+        f"**{access['throughput_ratio']}×** those without (the aim: at least 0.95×)."
+    )
     bulk = results["bulk"]
     limit = results["limit"]
     lines += ["", "## Bulk job and the in-process limit", ""]
@@ -340,16 +494,19 @@ def main(argv: list[str] | None = None) -> int:
         sibyl = start_sibyl(workdir)
         servers.append(sibyl)
         sibyl.wait_until_healthy()
+        keys = {role: make_key(sibyl, role) for role in ("client", "analyst")}
+        check_access_control(sibyl, keys["client"])
         # Warm: the first job of each model loads it.
         for model, instances in sample_inputs().items():
             requests.post(
                 sibyl.url + "/v1/jobs?wait=30",
                 json={"model": model, "inputs": instances[:1]},
+                headers=bearer(keys["client"]),
                 timeout=40,
             )
         import settings
 
-        model_paths = download_models(sibyl.url, workdir / "naive_models")
+        model_paths = download_models(sibyl.url, workdir / "naive_models", keys["analyst"])
         print("starting the naive Flask app...", flush=True)
         naive = start_naive(
             workdir / "naive_models", workdir, settings.WEB_WORKERS, settings.WEB_THREADS
@@ -358,11 +515,14 @@ def main(argv: list[str] | None = None) -> int:
         naive.wait_until_healthy()
 
         print("end-to-end load...", flush=True)
-        results: dict = {"end_to_end": end_to_end(sibyl, naive, sizes)}
+        results: dict = {"end_to_end": end_to_end(sibyl, naive, sizes, keys["client"])}
         naive.stop()
 
         print("durable writes against w:1 without journal...", flush=True)
-        results["write_concern"] = write_concern_cost(sibyl, workdir, sizes)
+        results["write_concern"] = write_concern_cost(sibyl, workdir, sizes, keys["client"])
+
+        print("access control against SIBYL_AUTH=off...", flush=True)
+        results["access_control"] = access_control_cost(sibyl, workdir, sizes, keys["client"])
 
         print("in-process limit...", flush=True)
         # With Sibyl's write concern: the limit's insert_many writes as the engine's do.
@@ -382,10 +542,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print("bulk job...", flush=True)
         limit_for_bulk = {"rows_per_s": iris_rows_per_s, "docs_per_s": docs_per_s}
-        results["bulk"] = bulk_job(sibyl.url, sizes["bulk_instances"], limit_for_bulk)
+        results["bulk"] = bulk_job(
+            sibyl.url, sizes["bulk_instances"], limit_for_bulk, keys["client"]
+        )
 
         print("analyst queries...", flush=True)
-        results["analyst"] = analyst_queries(sibyl.url, db, sizes)
+        results["analyst"] = analyst_queries(sibyl.url, db, sizes, keys["analyst"])
         client.close()
     finally:
         for server in servers:

@@ -10,8 +10,12 @@ from pathlib import Path
 import requests
 
 from service.store.embedded_db import free_port
+from service.store.keys import new_key
 
 ROOT = Path(__file__).resolve().parent.parent
+# Rate limits are on, as they are by default, but far above any rate the bench reaches:
+# they are counted on every request and refuse none.
+BENCH_RATE_LIMITS = "client=100000/second;analyst=100000/second;jobs=1000000/second"
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -53,6 +57,8 @@ def command_line(pid: int) -> str:
 
 class Server:
     """A child process serving HTTP on 127.0.0.1:port."""
+
+    admin_key: str | None = None  # Sibyl's
 
     def __init__(self, name: str, command: list[str], env: dict, port: int, health: str, log: Path):
         self.name = name
@@ -99,19 +105,27 @@ class Server:
                 self.process.wait()
 
 
-def start_sibyl(workdir: Path, extra_env: dict | None = None, mongo_uri: str = "") -> Server:
+def start_sibyl(
+    workdir: Path, extra_env: dict | None = None, mongo_uri: str = "", admin_key: str = ""
+) -> Server:
     """Sibyl as `make run` starts it: embedded database (or the one at mongo_uri),
-    gunicorn, demo models."""
+    gunicorn, demo models, access control; its admin key admin_key (else a new one)."""
     port = free_port()
+    admin_key = admin_key or new_key()[1]
     env = {
         "SIBYL_PORT": str(port),
         "SIBYL_DB_PATH": str(workdir / "db"),
         "SIBYL_MODEL_CACHE_DIR": str(workdir / "models"),
+        "SIBYL_ADMIN_KEY": admin_key,
+        "SIBYL_ADMIN_KEY_FILE": str(workdir / "admin.key"),
+        "SIBYL_RATE_LIMITS": BENCH_RATE_LIMITS,
         **(extra_env or {}),
         "MONGO_URI": mongo_uri,  # empty: the embedded database, whatever the environment says
     }
     command = [sys.executable, "run.py", "serve"]
-    return Server("sibyl", command, env, port, "/v1/healthz", workdir / "sibyl.log")
+    server = Server("sibyl", command, env, port, "/v1/healthz", workdir / "sibyl.log")
+    server.admin_key = admin_key
+    return server
 
 
 def start_naive(model_dir: Path, workdir: Path, workers: int, threads: int) -> Server:

@@ -3,7 +3,7 @@
 from eve import Eve
 
 import hooks
-from service.api import auth, errors, jobs, request_checks
+from service.api import auth, errors, jobs, rate_limits, request_checks
 from service.api.health import health
 from service.api.keys import keys
 from service.api.validation import SibylValidator
@@ -31,6 +31,7 @@ def create_app(overrides: dict | None = None) -> Eve:
     app.extensions["sibyl"] = Sibyl(app)
     errors.register(app)
     auth.register_authentication(app)
+    rate_limits.register(app)
     auth.register_authorization(app)
     request_checks.register(app)
     media.register(app)

@@ -35,6 +35,15 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
         for side in ("w1", "durable"):
             assert row[side]["errors"] == 0
             assert row[side]["requests"] > 0
+    access = results["access_control"]
+    assert access["concurrency"] == 4
+    assert [row["turn"] for row in access["turns"]] == [1, 2]
+    for row in [*access["turns"], access]:
+        for side in ("off", "on"):
+            assert row[side]["errors"] == 0
+            assert row[side]["requests"] > 0
+    assert access["throughput_ratio"] > 0
+    assert "## Access control" in finished.stdout
     assert results["bulk"]["instances"] == 300
     assert results["bulk"]["fraction_of_limit"] > 0
     assert [row["predictions"] for row in results["analyst"]] == [100, 1000]
