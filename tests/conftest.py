@@ -283,6 +283,20 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+def child_processes() -> dict[int, list[int]]:
+    """Every process's children, read from /proc: {parent pid: [child pids]}."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
 def wait_for(condition, timeout: float, what: str):
     """Poll condition until it returns something true; fail after timeout seconds."""
     deadline = time.monotonic() + timeout

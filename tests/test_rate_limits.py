@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Api, wait_until_idle
+from conftest import Api, child_processes, wait_until_idle
 from limits import parse
 from limits.strategies import FixedWindowRateLimiter
 
@@ -229,16 +229,7 @@ def test_mongodb_counters_start_a_new_window_when_one_ends(database):
 
 def gunicorn_workers(master_pid: int) -> list[int]:
     """The processes gunicorn forked (`run.py serve` with MONGO_URI set is the master)."""
-    workers = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == master_pid:
-                workers.append(int(entry.name))
-    return workers
+    return child_processes().get(master_pid, [])
 
 
 def serve_two_workers(run_py, database, tmp_path, storage: str, limit: int):

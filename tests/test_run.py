@@ -9,21 +9,14 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import child_processes
 
 from service.store.embedded_db import free_port
 
 
 def descendants(pid: int) -> set[int]:
-    """All processes below pid, read from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
+    """All processes below pid."""
+    children = child_processes()
     found, stack = set(), [pid]
     while stack:
         for child in children.get(stack.pop(), []):

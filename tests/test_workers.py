@@ -56,7 +56,16 @@ def test_killed_worker_is_replaced_after_its_lease(
     assert 0 < stored_by_first < count
 
     start_worker(lease_seconds=2, max_batch_size=500)
-    job = queue_api.get(f"/jobs/{job_id}?wait=30").json()
+    # (A loaded machine may take longer than one ?wait= allows: start-up, lease, 6000 rows.)
+    job = wait_for(
+        lambda: (
+            (job := queue_api.get(f"/jobs/{job_id}?wait=30").json())["status"]
+            in ("succeeded", "failed")
+            and job
+        ),
+        120,
+        "the second worker to finish the job",
+    )
     assert job["status"] == "succeeded", job
     assert job["attempts"] == 2  # claimed again once the dead worker's lease ran out
     indexes = [
