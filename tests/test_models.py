@@ -157,3 +157,25 @@ def test_deleting_a_model_removes_its_file(api, db, model_files):
     assert response.status_code == 204
     assert db["fs.files"].count_documents({}) == 0
     assert db["fs.chunks"].count_documents({}) == 0
+
+
+@pytest.mark.parametrize(
+    "name, fields, field",
+    [
+        ("bad name!", {}, "name"),
+        ("fine", {"colour": "blue"}, "colour"),
+        ("fine", {"labels": '"not a list"'}, "labels"),
+    ],
+)
+def test_checks_that_cost_nothing_come_before_the_sandboxed_child(
+    api, db, model_files, monkeypatch, name, fields, field
+):
+    from service.registry import model_files as files
+
+    started = []
+    monkeypatch.setattr(files, "inspect_in_child", lambda *args, **kwargs: started.append(args))
+    response = upload_model(api, name, model_files["tiny"], **fields)
+    assert response.status_code == 422, response.text
+    assert field in response.json()["_issues"]
+    assert started == []  # no model was loaded for a request refused anyway
+    assert db.models.count_documents({}) == 0

@@ -120,14 +120,31 @@ class SibylValidator(Validator):
                     f"these take {size}",
                 )
 
+    def validate(self, document, schema=None, update=False, normalize=True) -> bool:
+        """Cerberus' validation, then the uploads' inspection if every other rule passed:
+        a model is loaded in a child process (seconds of CPU) only for an otherwise
+        valid request (name, fields, labels' type: the checks that cost nothing)."""
+        self._uploads: list[tuple[str, object]] = []
+        valid = super().validate(document, schema, update, normalize)
+        uploads, self._uploads = self._uploads, []
+        if valid and not self.is_child:
+            for field, value in uploads:
+                self._inspect_upload(field, value)
+            valid = not self._errors
+        return valid
+
     def _validate_model_file(self, constraint, field, value):
-        """Load the uploaded model in a sandboxed child and keep its signature.
+        """An upload to load in a sandboxed child once every other rule passed (validate).
 
         The rule's arguments are validated against this schema:
         {'type': 'boolean'}
         """
-        if not constraint or not hasattr(value, "save"):
-            return
+        if constraint and hasattr(value, "save"):
+            self._uploads.append((field, value))
+
+    def _inspect_upload(self, field: str, value) -> None:
+        """Check the file (cheap static checks first, then the sandboxed child) and keep
+        its signature for hooks/models.py."""
         config = current_app.config
         with tempfile.TemporaryDirectory() as workdir:
             upload = Path(workdir) / "upload"
