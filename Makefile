@@ -20,8 +20,8 @@ run: install
 test: install
 	$(PY) -m pytest
 
-# Sibyl against the naive Flask app, the in-process limit and itself without access
-# control (about 12 minutes).
+# Sibyl against three Flask baselines (same work, fast no record, tutorial), an expensive
+# CNN, the in-process limits and itself without access control (about 12 minutes).
 bench: install
 	$(PY) -m bench.run
 

@@ -27,6 +27,15 @@ def seconds_per_call(run, calls: int) -> float:
     return (time.perf_counter() - began) / calls
 
 
+def compiled_rates(model, batch_sizes: list[int], min_seconds: float) -> dict[str, int]:
+    """Rows/s of a CompiledModel (Sibyl's runtime) at each batch size."""
+    rates = {}
+    for size in batch_sizes:
+        batch = model.sample_batch(size)
+        rates[str(size)] = round(best_rate(lambda b=batch: model.predict(b), size, min_seconds))
+    return rates
+
+
 def model_rates(model_path: str, batch_sizes: list[int], min_seconds: float) -> dict:
     """Rows/s of the engine's compiled model at each batch size, and its per-call overhead."""
     import tensorflow as tf
@@ -34,10 +43,7 @@ def model_rates(model_path: str, batch_sizes: list[int], min_seconds: float) -> 
     from service.registry.runtime import CompiledModel
 
     model = CompiledModel(model_path, "keras")
-    rates = {}
-    for size in batch_sizes:
-        batch = model.sample_batch(size)
-        rates[size] = best_rate(lambda b=batch: model.predict(b), size, min_seconds)
+    rates = compiled_rates(model, batch_sizes, min_seconds)
 
     # A bare compiled call of the same Keras model, for the overhead of the engine's wrapper.
     keras_model = model._model
@@ -51,7 +57,7 @@ def model_rates(model_path: str, batch_sizes: list[int], min_seconds: float) -> 
     bare_s = seconds_per_call(lambda: bare(one), calls)
     engine_s = seconds_per_call(lambda: model.predict({spec["name"]: one}), calls)
     return {
-        "rows_per_s": {str(k): round(v) for k, v in rates.items()},
+        "rows_per_s": rates,
         "bare_call_ms": round(bare_s * 1000, 4),
         "engine_call_ms": round(engine_s * 1000, 4),
     }
@@ -82,9 +88,9 @@ def prediction_documents(count: int, width: int, labels: list[str]) -> list[dict
     ]
 
 
-def insert_rate(db: Database, batch_size: int, batches: int) -> float:
-    """Prediction documents per second through insert_many, into an indexed collection
-    like the predictions one."""
+def insert_rate(db: Database, batch_size: int, batches: int, width: int = 3) -> float:
+    """Prediction documents (of `width` outputs) per second through insert_many, into an
+    indexed collection like the predictions one."""
     scratch = db["bench_insert_limit"]
     scratch.drop()
     scratch.create_index([("job", 1), ("index", 1)], unique=True)
@@ -92,10 +98,32 @@ def insert_rate(db: Database, batch_size: int, batches: int) -> float:
     scratch.create_index([("label", 1)])
     scratch.create_index([("score", -1)])
     scratch.create_index([("_created", -1)])
-    batches_of_docs = [prediction_documents(batch_size, 3, ["a", "b", "c"]) for _ in range(batches)]
+    labels = [f"class {i}" for i in range(width)]
+    batches_of_docs = [prediction_documents(batch_size, width, labels) for _ in range(batches)]
     began = time.perf_counter()
     for documents in batches_of_docs:
         scratch.insert_many(documents, ordered=False)
     rate = batch_size * batches / (time.perf_counter() - began)
     scratch.drop()
     return rate
+
+
+def single_instance_limit(
+    model_path: str, batch_sizes: list[int], min_seconds: float, db: Database, documents: int
+) -> dict:
+    """Single-instance jobs per second the model allows in-process at each batch size:
+    one compiled call for the batch, then one insert_many of its prediction documents
+    (about `documents` of them timed per size); no HTTP, no job documents."""
+    from service.registry.runtime import CompiledModel
+
+    model = CompiledModel(model_path, "keras")
+    rows_per_s = compiled_rates(model, batch_sizes, min_seconds)
+    width = model.outputs[0]["shape"][-1]
+    docs_per_s = {
+        str(size): round(insert_rate(db, size, max(2, documents // size), width))
+        for size in batch_sizes
+    }
+    jobs_per_s = {
+        size: round(1 / (1 / rows_per_s[size] + 1 / docs_per_s[size]), 1) for size in rows_per_s
+    }
+    return {"rows_per_s": rows_per_s, "docs_per_s": docs_per_s, "jobs_per_s": jobs_per_s}

@@ -1,4 +1,11 @@
-"""`make bench`: Sibyl against the naive Flask app and the in-process limit, in one run.
+"""`make bench`: Sibyl against three baselines and the in-process limit, in one run.
+
+The baselines (bench/baselines/), served like Sibyl under gunicorn and loaded by the
+same closed-loop client: "tutorial" (Flask, `model.predict` per request), "fast, no
+record" (Flask, a compiled model call per request) and "same work" (the same, plus the
+job and its predictions stored in Sibyl's database with Sibyl's write concern). Models:
+Sibyl's two tiny demo models, and an expensive CNN built in code (bench/cnn.py) and
+registered through POST /v1/models.
 
 Sibyl runs as configured by default, access control on: the load sends a client key
 (rate limits are counted, set far above the load); the cost of that is measured against
@@ -12,6 +19,7 @@ Results go to bench/results/<timestamp>.json and a markdown table on stdout.
 """
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -20,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,21 +37,26 @@ import pymongo
 import requests
 from bson import json_util
 
-from bench import limits
+from bench import cnn, limits
 from bench.loadgen import LoadResult, run_load
-from bench.servers import ROOT, start_naive, start_sibyl
+from bench.servers import BASELINES, ROOT, Server, start_baseline, start_sibyl
 from service.demo.models import load_digits, load_iris
 
 RESULTS = ROOT / "bench" / "results"
 
+# Every load is bounded by requests and by seconds; the expensive model's only by time.
 FULL = {
     "concurrency": [1, 8, 32],
     "max_requests": 3000,
-    "max_seconds": 12.0,
+    "max_seconds": 8.0,
+    "cnn": "full",
+    "cnn_concurrency": 32,
+    "cnn_max_requests": 100_000,
+    "cnn_seconds": 15.0,
     "bulk_instances": 10_000,
     "analyst_sizes": [1_000, 100_000],
     "analyst_requests": 200,
-    "analyst_seconds": 60.0,
+    "analyst_seconds": 30.0,
     "limit_seconds": 2.0,
     "access_concurrency": 32,
     "access_turns": 4,
@@ -51,6 +65,10 @@ QUICK = {
     "concurrency": [1, 4],
     "max_requests": 20,
     "max_seconds": 5.0,
+    "cnn": "quick",
+    "cnn_concurrency": 4,
+    "cnn_max_requests": 12,
+    "cnn_seconds": 3.0,
     "bulk_instances": 300,
     "analyst_sizes": [100, 1_000],
     "analyst_requests": 10,
@@ -59,12 +77,26 @@ QUICK = {
     "access_concurrency": 4,
     "access_turns": 2,
 }
+CNN = "cnn"  # the expensive model's name in Sibyl
+# The servers of the end-to-end table, same work first: the comparison that matters.
+LABELS = {
+    "same_work": "same work",
+    "fast_no_record": "fast, no record",
+    "tutorial": "tutorial",
+    "sibyl": "Sibyl",
+}
 
 
+@functools.cache
 def sample_inputs() -> dict[str, list]:
     features, _ = load_iris()
     images, _ = load_digits()
     return {"iris": features.tolist(), "digits": images[:200].tolist()}
+
+
+def iris_body(i: int) -> dict:
+    features = sample_inputs()["iris"]
+    return {"model": "iris", "inputs": [features[i % len(features)]]}
 
 
 def succeeded(status: int, body: bytes) -> bool:
@@ -95,24 +127,45 @@ def check_access_control(sibyl, key: str) -> None:
     assert keyed.status_code == 200 and "RateLimit-Limit" in keyed.headers, keyed.headers
 
 
-def measured(server, path: str, body, bounds: dict, **options) -> tuple:
-    """Load a server and return the result with the CPU ms per request of its processes."""
-    before = server.cpu_by_role()
-    result = run_load(server.url + path, body, **bounds, **options)
-    after = server.cpu_by_role()
-    per_request = {
-        role: round((after[role] - before[role]) * 1000 / max(result.requests, 1), 2)
-        for role in after
+def register_model(sibyl, name: str, path: Path, labels: list[str]) -> None:
+    """Upload a model as an admin does; Sibyl checks it like any upload."""
+    with open(path, "rb") as upload:
+        created = requests.post(
+            sibyl.url + "/v1/models",
+            data={"name": name, "labels": json.dumps(labels)},
+            files={"file": (path.name, upload, "application/octet-stream")},
+            headers=bearer(sibyl.admin_key),
+            timeout=300,
+        )
+    assert created.status_code == 201, created.text[:1000]
+
+
+def loaded(server: Server, sibyl: Server, path: str, body, bounds: dict, **options) -> tuple:
+    """Load a server; return the result and the CPU seconds its API (or app) processes
+    and the database (Sibyl's child, whoever writes to it) used for the measured
+    requests (after the warm-up)."""
+    before = {}
+
+    def read_counters() -> None:
+        before.update(api=server.cpu_by_role()["app"], database=sibyl.cpu_by_role()["db"])
+
+    result = run_load(server.url + path, body, **bounds, **options, on_started=read_counters)
+    cpu = {
+        "api": server.cpu_by_role()["app"] - before["api"],
+        "database": sibyl.cpu_by_role()["db"] - before["database"],
     }
-    return result, per_request
+    return result, cpu
 
 
-def end_to_end(sibyl, naive, sizes: dict, key: str) -> list[dict]:
-    """Single-instance jobs at each concurrency, Sibyl (?wait, with the key) and naive
-    (predict)."""
-    inputs = sample_inputs()
-    rows = []
-    for model, instances in inputs.items():
+def per_job(cpu_seconds: dict, jobs: int) -> dict:
+    """CPU ms per job of each role."""
+    return {role: round(seconds * 1000 / max(jobs, 1), 2) for role, seconds in cpu_seconds.items()}
+
+
+def tiny_model_loads(sizes: dict) -> list[dict]:
+    """Each tiny model at each concurrency, bounded by requests and by time."""
+    loads = []
+    for model, instances in sample_inputs().items():
         for concurrency in sizes["concurrency"]:
 
             def body(i, model=model, instances=instances):
@@ -123,133 +176,175 @@ def end_to_end(sibyl, naive, sizes: dict, key: str) -> list[dict]:
                 max_requests=sizes["max_requests"],
                 max_seconds=sizes["max_seconds"],
             )
-            baseline, baseline_cpu = measured(naive, "/predict", body, bounds)
-            ours, our_cpu = measured(
-                sibyl, "/v1/jobs?wait=30", body, bounds, is_success=succeeded, headers=bearer(key)
+            loads.append({"model": model, "body": body, "bounds": bounds, "warmup": 5})
+    return loads
+
+
+def expensive_model_load(sizes: dict, side: int) -> dict:
+    """The CNN at one concurrency, bounded by time; its bodies (side x side x 3 pixels
+    each) encoded once."""
+    images = cnn.sample_images(8, side)
+    bodies = [json.dumps({"model": CNN, "inputs": [image]}).encode() for image in images]
+    bounds = dict(
+        concurrency=sizes["cnn_concurrency"],
+        max_requests=sizes["cnn_max_requests"],
+        max_seconds=sizes["cnn_seconds"],
+    )
+    return {"model": CNN, "body": lambda i: bodies[i % len(bodies)], "bounds": bounds, "warmup": 1}
+
+
+def end_to_end(sibyl: Server, baselines: dict, loads: list[dict], key: str) -> list[dict]:
+    """Single-instance jobs through every server, one after the other for each load:
+    the baselines (POST /predict) and Sibyl (POST /v1/jobs?wait=, with the key). Sibyl
+    and the same-work app, which share the database, take turns going first from one
+    load to the next (the database slows as jobs accumulate), the same-work app first."""
+    rows = []
+    for turn, load in enumerate(loads):
+        pair = ["same_work", "sibyl"]
+        order = ["tutorial", "fast_no_record", *(pair[::-1] if turn % 2 else pair)]
+        row = {"model": load["model"], "concurrency": load["bounds"]["concurrency"]}
+        for name in order:
+            if name == "sibyl":
+                server, path = sibyl, "/v1/jobs?wait=30"
+                options = {"is_success": succeeded, "headers": bearer(key)}
+            else:
+                server, path, options = baselines[name], "/predict", {}
+            result, cpu = loaded(
+                server, sibyl, path, load["body"], load["bounds"], warmup=load["warmup"], **options
             )
-            rows.append(
-                {
-                    "model": model,
-                    "concurrency": concurrency,
-                    "naive": {**baseline.summary(), "cpu_ms_per_request": baseline_cpu["app"]},
-                    "sibyl": {
-                        **ours.summary(),
-                        "cpu_ms_per_job": {"api": our_cpu["app"], "database": our_cpu["db"]},
-                    },
-                    "throughput_ratio": round(ours.throughput / baseline.throughput, 2),
-                    "p50_ratio": round(ours.percentile(0.5) / baseline.percentile(0.5), 3),
-                }
-            )
-            print(f"  {model} c={concurrency}: {rows[-1]['throughput_ratio']}x jobs/s", flush=True)
+            row[name] = {**result.summary(), "cpu_ms_per_job": per_job(cpu, result.requests)}
+        row["sibyl_against"] = {name: ratios(row[name], row["sibyl"]) for name in BASELINES}
+        rows.append(row)
+        against = ", ".join(
+            f"{row['sibyl_against'][name]['throughput_ratio']}x {LABELS[name]}"
+            for name in LABELS
+            if name != "sibyl"
+        )
+        print(f"  {row['model']} c={row['concurrency']}: Sibyl jobs/s {against}", flush=True)
     return rows
 
 
-def write_concern_cost(sibyl, workdir: Path, sizes: dict, key: str) -> dict:
+def observed_batches(db, model: str) -> dict:
+    """The sizes of the model calls that produced the model's stored predictions."""
+    calls = {
+        doc["batch"]["id"]: doc["batch"]["size"]
+        for doc in db.predictions.find({"model": model}, {"batch": 1})
+    }
+    if not calls:
+        return {"calls": 0, "mean_size": None, "max_size": None}
+    sizes = list(calls.values())
+    return {
+        "calls": len(sizes),
+        "mean_size": round(statistics.fmean(sizes), 1),
+        "max_size": max(sizes),
+    }
+
+
+def expensive_model_limit(path: Path, db, sizes: dict, batches: dict, sibyl_row: dict) -> dict:
+    """The in-process limit for the CNN at Sibyl's batch sizes (compiled call +
+    insert_many, no HTTP), against Sibyl's jobs/s on it."""
+    import settings
+
+    concurrency = sizes["cnn_concurrency"]
+    batch_sizes = {1, concurrency, settings.MAX_BATCH_SIZE}
+    if batches["mean_size"]:
+        batch_sizes.add(max(1, round(batches["mean_size"])))
+    limit = limits.single_instance_limit(
+        str(path), sorted(batch_sizes), sizes["limit_seconds"], db, 8 * concurrency
+    )
+    sibyl_jobs = sibyl_row["sibyl"]["throughput_per_s"]
+    fractions = {size: round(sibyl_jobs / jobs, 3) for size, jobs in limit["jobs_per_s"].items()}
+    return {
+        **limit,
+        "batches_in_sibyl": batches,
+        "concurrency": concurrency,
+        "sibyl_jobs_per_s": sibyl_jobs,
+        "sibyl_fraction_of_limit": fractions,
+    }
+
+
+@contextmanager
+def second_api(sibyl: Server, workdir: Path, name: str, env: dict, key: str):
+    """A second Sibyl API with env on the same database, warmed with one job."""
+    folder = workdir / name
+    folder.mkdir()
+    mongo_uri = (workdir / "db" / "uri").read_text().strip()
+    other = start_sibyl(folder, env, mongo_uri=mongo_uri, admin_key=sibyl.admin_key)
+    try:
+        other.wait_until_healthy()
+        requests.post(
+            other.url + "/v1/jobs?wait=30", json=iris_body(0), headers=bearer(key), timeout=40
+        )
+        yield other
+    finally:
+        other.stop()
+
+
+def alternating_turn(sibyl: Server, pair: list, turn: int, bounds: dict, key: str) -> dict:
+    """Single-instance iris jobs through each (name, server) of pair, one after the
+    other, each going first in every other turn (the database slows as jobs
+    accumulate): {name: (load result, CPU seconds of its API and of the database)}."""
+    measured = {}
+    for name, server in pair[::-1] if turn % 2 else pair:
+        measured[name] = loaded(
+            server,
+            sibyl,
+            "/v1/jobs?wait=30",
+            iris_body,
+            bounds,
+            is_success=succeeded,
+            headers=bearer(key),
+        )
+    return measured
+
+
+def write_concern_cost(sibyl: Server, workdir: Path, sizes: dict, key: str) -> dict:
     """Single-instance iris jobs with Sibyl's write concern (journaled by default) against
     w:1 without journal: a second API (SIBYL_WRITE_CONCERN=w1) on the same database,
     loaded one after the other at each concurrency."""
     import settings
 
-    folder = workdir / "w1"
-    folder.mkdir()
-    mongo_uri = (workdir / "db" / "uri").read_text().strip()
-    unjournaled = start_sibyl(
-        folder, {"SIBYL_WRITE_CONCERN": "w1"}, mongo_uri=mongo_uri, admin_key=sibyl.admin_key
-    )
-    features = sample_inputs()["iris"]
-
-    def body(i):
-        return {"model": "iris", "inputs": [features[i % len(features)]]}
-
     rows = []
-    try:
-        unjournaled.wait_until_healthy()
-        requests.post(  # warm
-            unjournaled.url + "/v1/jobs?wait=30", json=body(0), headers=bearer(key), timeout=40
-        )
+    with second_api(sibyl, workdir, "w1", {"SIBYL_WRITE_CONCERN": "w1"}, key) as unjournaled:
         for turn, concurrency in enumerate(sizes["concurrency"]):
             bounds = dict(
                 concurrency=concurrency,
                 max_requests=sizes["max_requests"],
                 max_seconds=sizes["max_seconds"],
             )
-            row = {"concurrency": concurrency}
             pair = [("w1", unjournaled), ("durable", sibyl)]
-            # Each goes first in turn: the database grows slower as jobs accumulate.
-            for name, server in pair[::-1] if turn % 2 else pair:
-                # The database is the first server's child: its CPU is counted there.
-                db_before, api_before = sibyl.cpu_by_role()["db"], server.cpu_by_role()["app"]
-                result = run_load(
-                    server.url + "/v1/jobs?wait=30",
-                    body,
-                    **bounds,
-                    is_success=succeeded,
-                    headers=bearer(key),
-                )
-                jobs = max(result.requests, 1)
-                api_ms = (server.cpu_by_role()["app"] - api_before) * 1000 / jobs
-                db_ms = (sibyl.cpu_by_role()["db"] - db_before) * 1000 / jobs
-                row[name] = {
-                    **result.summary(),
-                    "cpu_ms_per_job": {"api": round(api_ms, 2), "database": round(db_ms, 2)},
-                }
-            row["throughput_ratio"] = round(
-                row["durable"]["throughput_per_s"] / row["w1"]["throughput_per_s"], 3
-            )
-            row["p50_ratio"] = round(row["durable"]["p50_ms"] / row["w1"]["p50_ms"], 3)
+            row = {"concurrency": concurrency}
+            for name, (result, cpu) in alternating_turn(sibyl, pair, turn, bounds, key).items():
+                row[name] = {**result.summary(), "cpu_ms_per_job": per_job(cpu, result.requests)}
+            row.update(ratios(row["w1"], row["durable"]))
             rows.append(row)
             print(
                 f"  iris c={concurrency}: durable {row['throughput_ratio']}x w1 jobs/s", flush=True
             )
-    finally:
-        unjournaled.stop()
     return {"durable": settings.WRITE_CONCERN, "rows": rows}
 
 
-def access_control_cost(sibyl, workdir: Path, sizes: dict, key: str) -> dict:
+def access_control_cost(sibyl: Server, workdir: Path, sizes: dict, key: str) -> dict:
     """Single-instance iris jobs through Sibyl as configured (the client key checked on
     every request, rate limits counted) against a second API on the same database with
     SIBYL_AUTH=off (no keys, no rate limits): alternating turns at one concurrency, each
-    side going first in every other turn, totalled over the turns."""
-    folder = workdir / "auth-off"
-    folder.mkdir()
-    mongo_uri = (workdir / "db" / "uri").read_text().strip()
-    open_api = start_sibyl(
-        folder, {"SIBYL_AUTH": "off"}, mongo_uri=mongo_uri, admin_key=sibyl.admin_key
-    )
-    features = sample_inputs()["iris"]
-
-    def body(i):
-        return {"model": "iris", "inputs": [features[i % len(features)]]}
-
+    side going first in every other turn, totalled over the turns. Both get the key's
+    header, so the clients do the same work; the open API ignores it."""
     bounds = dict(
         concurrency=sizes["access_concurrency"],
         max_requests=sizes["max_requests"],
         max_seconds=sizes["max_seconds"],
     )
-    # Both get the header, so the clients do the same work; the open API ignores it.
-    headers = bearer(key)
     loads: dict[str, list] = {"off": [], "on": []}
     cpu = {"off": {"api": 0.0, "database": 0.0}, "on": {"api": 0.0, "database": 0.0}}
     turns = []
-    try:
-        open_api.wait_until_healthy()
-        requests.post(open_api.url + "/v1/jobs?wait=30", json=body(0), timeout=40)  # warm
+    with second_api(sibyl, workdir, "auth-off", {"SIBYL_AUTH": "off"}, key) as open_api:
         for turn in range(sizes["access_turns"]):
             pair = [("off", open_api), ("on", sibyl)]
             row = {"turn": turn + 1}
-            for name, server in pair[::-1] if turn % 2 else pair:
-                # The database is the first server's child: its CPU is counted there.
-                db_before, api_before = sibyl.cpu_by_role()["db"], server.cpu_by_role()["app"]
-                result = run_load(
-                    server.url + "/v1/jobs?wait=30",
-                    body,
-                    **bounds,
-                    is_success=succeeded,
-                    headers=headers,
-                )
-                cpu[name]["api"] += server.cpu_by_role()["app"] - api_before
-                cpu[name]["database"] += sibyl.cpu_by_role()["db"] - db_before
+            for name, (result, used) in alternating_turn(sibyl, pair, turn, bounds, key).items():
+                for role, seconds in used.items():
+                    cpu[name][role] += seconds
                 loads[name].append(result)
                 row[name] = result.summary()
             row.update(ratios(row["off"], row["on"]))
@@ -259,8 +354,6 @@ def access_control_cost(sibyl, workdir: Path, sizes: dict, key: str) -> dict:
                 f"access control {row['throughput_ratio']}x jobs/s",
                 flush=True,
             )
-    finally:
-        open_api.stop()
     total = {}
     for name, results in loads.items():
         merged = LoadResult(bounds["concurrency"])
@@ -269,13 +362,7 @@ def access_control_cost(sibyl, workdir: Path, sizes: dict, key: str) -> dict:
             merged.errors += result.errors
             merged.seconds += result.seconds
             merged.latencies_ms += result.latencies_ms
-        jobs = max(merged.requests, 1)
-        total[name] = {
-            **merged.summary(),
-            "cpu_ms_per_job": {
-                role: round(seconds * 1000 / jobs, 2) for role, seconds in cpu[name].items()
-            },
-        }
+        total[name] = {**merged.summary(), "cpu_ms_per_job": per_job(cpu[name], merged.requests)}
     return {
         "concurrency": bounds["concurrency"],
         "turns": turns,
@@ -285,9 +372,11 @@ def access_control_cost(sibyl, workdir: Path, sizes: dict, key: str) -> dict:
 
 
 def ratios(base: dict, measured: dict) -> dict:
+    """Measured over base: jobs/s, p50 and p99."""
     return {
         "throughput_ratio": round(measured["throughput_per_s"] / base["throughput_per_s"], 3),
         "p50_ratio": round(measured["p50_ms"] / base["p50_ms"], 3),
+        "p99_ratio": round(measured["p99_ms"] / base["p99_ms"], 3),
     }
 
 
@@ -369,14 +458,16 @@ def analyst_queries(sibyl_url: str, db, sizes: dict, key: str) -> list[dict]:
 
 
 def download_models(sibyl_url: str, folder: Path, key: str) -> dict[str, Path]:
-    """Sibyl's demo model files, for the naive app and the in-process limit."""
+    """Sibyl's model files and their labels, for the baselines and the in-process limit."""
     folder.mkdir(parents=True, exist_ok=True)
     http = requests.Session()
     http.headers.update(bearer(key))
     paths = {}
     for model in http.get(sibyl_url + "/v1/models", timeout=10).json()["_items"]:
         path = folder / f"{model['name']}.keras"
-        path.write_bytes(http.get(sibyl_url + model["file"]["file"], timeout=30).content)
+        path.write_bytes(http.get(sibyl_url + model["file"]["file"], timeout=60).content)
+        if model.get("labels"):
+            path.with_suffix(".labels.json").write_text(json.dumps(model["labels"]))
         paths[model["name"]] = path
     return paths
 
@@ -390,21 +481,119 @@ def paired_cells(base: dict, measured: dict, row: dict) -> str:
     )
 
 
-def markdown(results: dict) -> str:
+def joined(values) -> str:
+    return " · ".join(str(value) for value in values)
+
+
+def end_to_end_markdown(results: dict) -> list[str]:
+    """The same-work comparison first, then Sibyl against all three baselines."""
+    rows, concern = results["end_to_end"], results["same_work"]["write_concern"]
     lines = [
-        "## End-to-end single-instance jobs (Sibyl stores every job and prediction; naive stores nothing)",
+        "## End-to-end: Sibyl against the same work, hand-written",
         "",
+        "Single-instance jobs, POST to stored prediction. Same work: Flask, a compiled "
+        "model call, `insert_one(job)` and `insert_many(predictions)` (one per instance) "
+        f"into Sibyl's embedded database with Sibyl's write concern ({json.dumps(concern)}: "
+        "its 201 also means the job and its predictions are in the journal); it checks "
+        "no key and no signature. Sibyl checks both, stores the job, its predictions and "
+        "its completion, and batches concurrent jobs.",
+        "",
+        "| model | clients | same work jobs/s | Sibyl jobs/s | ratio | same work p50 ms "
+        "| Sibyl p50 ms | p50 ratio | same work p99 ms | Sibyl p99 ms | p99 ratio "
+        "| CPU ms per job (API · DB): same work → Sibyl |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    lines += [
-        "| model | clients | naive jobs/s | Sibyl jobs/s | ratio | naive p50 ms | Sibyl p50 ms | p50 ratio | naive p99 ms | Sibyl p99 ms | CPU ms per job: naive · Sibyl API · Sibyl DB |"
-    ]
-    lines += ["|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in results["end_to_end"]:
-        n, s = row["naive"], row["sibyl"]
+    for row in rows:
+        same, ours, against = row["same_work"], row["sibyl"], row["sibyl_against"]["same_work"]
         lines.append(
-            f"| {row['model']} | {row['concurrency']} {paired_cells(n, s, row)} "
-            f"| {n['cpu_ms_per_request']} · {s['cpu_ms_per_job']['api']} · {s['cpu_ms_per_job']['database']} |"
+            f"| {row['model']} | {row['concurrency']} {paired_cells(same, ours, against)} "
+            f"| **{against['p99_ratio']}×** "
+            f"| {joined(same['cpu_ms_per_job'].values())} → {joined(ours['cpu_ms_per_job'].values())} |"
         )
+    failures = [
+        f"{row['model']} at {row['concurrency']} clients, {LABELS[name]}: {row[name]['errors']} "
+        f"of {row[name]['errors'] + row[name]['requests']}"
+        for row in rows
+        for name in LABELS
+        if row[name]["errors"]
+    ]
+    if failures:
+        lines.append(
+            "\nRequests that failed, left out of jobs/s and latencies (for Sibyl: an error, "
+            f"or a job not finished within ?wait=30): {'; '.join(failures)}."
+        )
+    others = [name for name in LABELS if name != "sibyl"]
+    names = joined(LABELS[name] for name in others)
+    lines += [
+        "",
+        f"## End-to-end: Sibyl against all three baselines ({names})",
+        "",
+        "Tutorial: Flask, `model.predict` per request. Fast, no record: Flask, a compiled "
+        "model call per request. Neither stores anything. All under the same gunicorn "
+        "settings as Sibyl, loaded by the same closed-loop client, in this run.",
+        "",
+        f"| model | clients | jobs/s: {names} · **Sibyl** | Sibyl jobs/s ÷ {names} "
+        f"| p50 ms: {names} · Sibyl | Sibyl p50 ÷ {names} | p99 ms: {names} · Sibyl "
+        "| CPU ms per job: same work (API + DB) · fast, no record · tutorial · Sibyl "
+        "(API + DB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    servers = [*others, "sibyl"]
+    for row in rows:
+        against = row["sibyl_against"]
+        throughput_ratios = joined(f"{against[name]['throughput_ratio']}×" for name in others)
+        p50_ratios = joined(f"{against[name]['p50_ratio']}×" for name in others)
+        cpu = [
+            " + ".join(str(ms) for ms in row[name]["cpu_ms_per_job"].values())
+            if name in ("same_work", "sibyl")
+            else row[name]["cpu_ms_per_job"]["api"]
+            for name in servers
+        ]
+        lines.append(
+            f"| {row['model']} | {row['concurrency']} "
+            f"| {joined(row[name]['throughput_per_s'] for name in others)} · "
+            f"**{row['sibyl']['throughput_per_s']}** | **{throughput_ratios}** "
+            f"| {joined(row[name]['p50_ms'] for name in servers)} | {p50_ratios} "
+            f"| {joined(row[name]['p99_ms'] for name in servers)} | {joined(cpu)} |"
+        )
+    return lines
+
+
+def expensive_model_markdown(results: dict) -> list[str]:
+    model, limit = results["cnn"], results["cnn"]["limit"]
+    costs, batches = model["call_costs"], limit["batches_in_sibyl"]
+    sizes = list(limit["rows_per_s"])
+    lines = [
+        "",
+        f"## The expensive model ({CNN}): {model['description']}",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| compiled call at batch 1 · batch 32, when built | {costs['batch_1_ms']} ms · "
+        f"{costs['batch_32_ms']} ms: 32 instances cost **{costs['batch_32_over_single']}×** "
+        "one |",
+        f"| compiled rows/s at batch {joined(sizes)} | {joined(limit['rows_per_s'].values())} |",
+        f"| insert_many of its prediction documents, docs/s at batch {joined(sizes)} "
+        f"| {joined(limit['docs_per_s'].values())} |",
+        f"| in-process limit (compiled call + insert_many, no HTTP), single-instance jobs/s "
+        f"at batch {joined(sizes)} | {joined(limit['jobs_per_s'].values())} |",
+        f"| Sibyl's model calls on it at {limit['concurrency']} clients | mean "
+        f"{batches['mean_size']} instances per call (largest {batches['max_size']}) |",
+    ]
+    fractions = limit["sibyl_fraction_of_limit"]
+    at_clients = str(limit["concurrency"])
+    at_mean = str(max(1, round(batches["mean_size"] or 1)))
+    lines.append(
+        f"| Sibyl at {limit['concurrency']} clients: {limit['sibyl_jobs_per_s']} jobs/s, as a "
+        f"fraction of the limit at batch {at_clients} (the most its clients allow) · at "
+        f"batch {at_mean} (its mean) | **{fractions[at_clients]:.0%}** · "
+        f"{fractions[at_mean]:.0%} |"
+    )
+    return lines
+
+
+def markdown(results: dict) -> str:
+    lines = end_to_end_markdown(results) + expensive_model_markdown(results)
     cost = results["write_concern"]
     lines += [
         "",
@@ -480,6 +669,49 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def warm(sibyl: Server, key: str, cnn_side: int) -> None:
+    """The first job of each model loads it."""
+    images = cnn.sample_images(1, cnn_side)
+    for model, instances in [*sample_inputs().items(), (CNN, images)]:
+        answer = requests.post(
+            sibyl.url + "/v1/jobs?wait=30",
+            json={"model": model, "inputs": instances[:1]},
+            headers=bearer(key),
+            timeout=40,
+        )
+        assert succeeded(answer.status_code, answer.content), answer.text[:1000]
+
+
+def same_work_stored(db) -> dict:
+    """What the same-work app stored: a job and a prediction per request, warm-ups too."""
+    return {
+        "jobs": db.baseline_jobs.count_documents({}),
+        "predictions": db.baseline_predictions.count_documents({}),
+    }
+
+
+def wait_until_idle(server: Server, most_seconds: float) -> float:
+    """Wait until the server's processes (and its database) use under a tenth of a core
+    over a second, at most most_seconds; return the seconds waited."""
+    began = time.perf_counter()
+    while time.perf_counter() - began < most_seconds:
+        before = sum(server.cpu_by_role().values())
+        time.sleep(1)
+        if sum(server.cpu_by_role().values()) - before < 0.1:
+            break
+    return round(time.perf_counter() - began, 1)
+
+
+def forget_load(db) -> None:
+    """Drop what the end-to-end load stored beyond the tiny models' jobs (the same-work
+    app's collections, the CNN's jobs with their images), so later sections find the
+    database as they always did."""
+    db.drop_collection("baseline_jobs")
+    db.drop_collection("baseline_predictions")
+    db.jobs.delete_many({"model": CNN})
+    db.predictions.delete_many({"model": CNN})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the harness")
@@ -488,66 +720,103 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     workdir = Path(tempfile.mkdtemp(prefix="sibyl-bench-"))
     started = time.perf_counter()
+    results: dict = {"section_seconds": {}}
+
+    @contextmanager
+    def section(name: str, announce: str):
+        print(announce + "...", flush=True)
+        began = time.perf_counter()
+        yield
+        results["section_seconds"][name] = round(time.perf_counter() - began, 1)
+
     servers = []
     try:
-        print("starting Sibyl (embedded database, gunicorn, demo models)...", flush=True)
-        sibyl = start_sibyl(workdir)
-        servers.append(sibyl)
-        sibyl.wait_until_healthy()
-        keys = {role: make_key(sibyl, role) for role in ("client", "analyst")}
-        check_access_control(sibyl, keys["client"])
-        # Warm: the first job of each model loads it.
-        for model, instances in sample_inputs().items():
-            requests.post(
-                sibyl.url + "/v1/jobs?wait=30",
-                json={"model": model, "inputs": instances[:1]},
-                headers=bearer(keys["client"]),
-                timeout=40,
-            )
         import settings
 
-        model_paths = download_models(sibyl.url, workdir / "naive_models", keys["analyst"])
-        print("starting the naive Flask app...", flush=True)
-        naive = start_naive(
-            workdir / "naive_models", workdir, settings.WEB_WORKERS, settings.WEB_THREADS
-        )
-        servers.append(naive)
-        naive.wait_until_healthy()
+        with section("start_sibyl", "starting Sibyl (embedded database, gunicorn, demo models)"):
+            sibyl = start_sibyl(workdir)
+            servers.append(sibyl)
+            sibyl.wait_until_healthy()
+            keys = {role: make_key(sibyl, role) for role in ("client", "analyst")}
+            check_access_control(sibyl, keys["client"])
+            mongo_uri = (workdir / "db" / "uri").read_text().strip()
+            # With Sibyl's write concern: the limits' insert_many write as the engine's do.
+            client = pymongo.MongoClient(mongo_uri, tz_aware=True, **settings.MONGO_WRITE_CONCERN)
+            db = client[settings.MONGO_DBNAME]
 
-        print("end-to-end load...", flush=True)
-        results: dict = {"end_to_end": end_to_end(sibyl, naive, sizes, keys["client"])}
-        naive.stop()
+        shape = cnn.QUICK if sizes["cnn"] == "quick" else cnn.FULL
+        with section("cnn", "building the expensive model and registering it in Sibyl"):
+            cnn_path = cnn.build(workdir / f"{CNN}.keras", **shape)
+            costs = cnn.call_costs(cnn_path)
+            description = cnn.describe(cnn_path, shape)
+            print(f"  {description}; {cnn.describe_costs(costs)}", flush=True)
+            register_model(sibyl, CNN, cnn_path, cnn.CLASSES)
+            warm(sibyl, keys["client"], shape["side"])
+        results["cnn"] = {"description": description, "shape": shape, "call_costs": costs}
 
-        print("durable writes against w:1 without journal...", flush=True)
-        results["write_concern"] = write_concern_cost(sibyl, workdir, sizes, keys["client"])
+        with section("start_baselines", "starting the baselines"):
+            model_dir = workdir / "baseline_models"
+            model_paths = download_models(sibyl.url, model_dir, keys["analyst"])
+            baselines = {
+                name: start_baseline(
+                    name, model_dir, workdir, settings.WEB_WORKERS, settings.WEB_THREADS, mongo_uri
+                )
+                for name in BASELINES
+            }
+            servers += baselines.values()
+            for baseline in baselines.values():
+                baseline.wait_until_healthy()
+            health = requests.get(baselines["same_work"].url + "/healthz", timeout=10).json()
+            results["same_work"] = {"write_concern": health["write_concern"]}
 
-        print("access control against SIBYL_AUTH=off...", flush=True)
-        results["access_control"] = access_control_cost(sibyl, workdir, sizes, keys["client"])
+        with section("end_to_end", "end-to-end load, tiny models"):
+            rows = end_to_end(sibyl, baselines, tiny_model_loads(sizes), keys["client"])
+            results["end_to_end"] = rows
 
-        print("in-process limit...", flush=True)
-        # With Sibyl's write concern: the limit's insert_many writes as the engine's do.
-        client = pymongo.MongoClient(
-            (workdir / "db" / "uri").read_text(), tz_aware=True, **settings.MONGO_WRITE_CONCERN
-        )
-        db = client[settings.MONGO_DBNAME]
-        models = {
-            name: limits.model_rates(
-                str(path), [1, 32, settings.MAX_BATCH_SIZE], sizes["limit_seconds"]
+        with section("write_concern", "durable writes against w:1 without journal"):
+            results["write_concern"] = write_concern_cost(sibyl, workdir, sizes, keys["client"])
+
+        with section("access_control", "access control against SIBYL_AUTH=off"):
+            results["access_control"] = access_control_cost(sibyl, workdir, sizes, keys["client"])
+
+        with section("limit", "in-process limit"):
+            models = {
+                name: limits.model_rates(
+                    str(model_paths[name]), [1, 32, settings.MAX_BATCH_SIZE], sizes["limit_seconds"]
+                )
+                for name in sample_inputs()
+            }
+            docs_per_s = limits.insert_rate(db, settings.MAX_BATCH_SIZE, 4 if args.quick else 40)
+            iris_rows_per_s = models["iris"]["rows_per_s"][str(settings.MAX_BATCH_SIZE)]
+            results["limit"] = {"models": models, "docs_per_s": round(docs_per_s)}
+
+        with section("bulk", "bulk job"):
+            limit_for_bulk = {"rows_per_s": iris_rows_per_s, "docs_per_s": docs_per_s}
+            results["bulk"] = bulk_job(
+                sibyl.url, sizes["bulk_instances"], limit_for_bulk, keys["client"]
             )
-            for name, path in sorted(model_paths.items())
-        }
-        docs_per_s = limits.insert_rate(db, settings.MAX_BATCH_SIZE, 40 if not args.quick else 4)
-        iris_rows_per_s = models["iris"]["rows_per_s"][str(settings.MAX_BATCH_SIZE)]
-        results["limit"] = {"models": models, "docs_per_s": round(docs_per_s)}
 
-        print("bulk job...", flush=True)
-        limit_for_bulk = {"rows_per_s": iris_rows_per_s, "docs_per_s": docs_per_s}
-        results["bulk"] = bulk_job(
-            sibyl.url, sizes["bulk_instances"], limit_for_bulk, keys["client"]
-        )
+        # The expensive model last but for the analyst pages (which reseed the
+        # predictions): its large jobs would slow the database for what follows.
+        # The same-work app goes first, as Sibyl's unfinished jobs would load the
+        # database after its own load ends.
+        with section("cnn_end_to_end", "end-to-end load, the expensive model"):
+            load = expensive_model_load(sizes, shape["side"])
+            (cnn_row,) = end_to_end(sibyl, baselines, [load], keys["client"])
+            rows.append(cnn_row)
+            for baseline in baselines.values():
+                baseline.stop()
+            batches = observed_batches(db, CNN)
+            results["same_work"]["stored"] = same_work_stored(db)
+            forget_load(db)
+            results["cnn"]["idle_after_s"] = wait_until_idle(sibyl, 60)
 
-        print("analyst queries...", flush=True)
-        results["analyst"] = analyst_queries(sibyl.url, db, sizes, keys["analyst"])
+        with section("cnn_limit", "the expensive model's in-process limit"):
+            limit = expensive_model_limit(cnn_path, db, sizes, batches, cnn_row)
+            results["cnn"]["limit"] = limit
+
+        with section("analyst", "analyst queries"):
+            results["analyst"] = analyst_queries(sibyl.url, db, sizes, keys["analyst"])
         client.close()
     finally:
         for server in servers:

@@ -128,8 +128,14 @@ def start_sibyl(
     return server
 
 
-def start_naive(model_dir: Path, workdir: Path, workers: int, threads: int) -> Server:
-    """The naive Flask app under the same gunicorn settings as Sibyl."""
+# The baselines: Flask apps in bench/baselines/<name>.py, served as Sibyl is.
+BASELINES = ("tutorial", "fast_no_record", "same_work")
+
+
+def start_baseline(
+    name: str, model_dir: Path, workdir: Path, workers: int, threads: int, mongo_uri: str = ""
+) -> Server:
+    """A baseline app under the same gunicorn settings as Sibyl (run.py serve)."""
     port = free_port()
     command = [
         sys.executable,
@@ -141,9 +147,15 @@ def start_naive(model_dir: Path, workdir: Path, workers: int, threads: int) -> S
         str(threads),
         "--worker-class",
         "gthread",
+        "--timeout",
+        "120",
         "--bind",
         f"127.0.0.1:{port}",
-        "bench.baselines.naive_flask:create_app()",
+        f"bench.baselines.{name}:create_app()",
     ]
-    env = {"NAIVE_MODEL_DIR": str(model_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return Server("naive", command, env, port, "/healthz", workdir / "naive.log")
+    env = {
+        "BASELINE_MODEL_DIR": str(model_dir),
+        "BASELINE_MONGO_URI": mongo_uri,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    return Server(name, command, env, port, "/healthz", workdir / f"{name}.log")

@@ -23,11 +23,27 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
     rows = results["end_to_end"]
     assert {(row["model"], row["concurrency"]) for row in rows} == {
         (model, c) for model in ("iris", "digits") for c in (1, 4)
-    }
+    } | {("cnn", 4)}
     for row in rows:
-        for side in ("naive", "sibyl"):
+        for side in ("tutorial", "fast_no_record", "same_work", "sibyl"):
             assert row[side]["errors"] == 0
             assert row[side]["requests"] > 0
+        assert set(row["sibyl_against"]) == {"tutorial", "fast_no_record", "same_work"}
+    # The same-work app stored a job and one prediction per request, journaled.
+    same_work = results["same_work"]
+    assert same_work["write_concern"] == {"w": 1, "j": True}
+    assert same_work["stored"]["jobs"] >= sum(row["same_work"]["requests"] for row in rows)
+    assert same_work["stored"]["predictions"] == same_work["stored"]["jobs"]
+    # The expensive model, at its tiny size: built, registered, loaded, its limit measured.
+    model = results["cnn"]
+    assert model["shape"]["side"] == 32
+    assert 0 < model["call_costs"]["batch_1_ms"] <= model["call_costs"]["batch_32_ms"]
+    assert {"1", "4"} <= set(model["limit"]["jobs_per_s"])
+    assert model["limit"]["batches_in_sibyl"]["calls"] > 0
+    assert model["limit"]["sibyl_fraction_of_limit"]["4"] > 0
+    same_work_table = finished.stdout.index("## End-to-end: Sibyl against the same work")
+    assert same_work_table < finished.stdout.index("## End-to-end: Sibyl against all three")
+    assert "| cnn | 4 |" in finished.stdout
     cost = results["write_concern"]
     assert cost["durable"] == "journaled"
     assert [row["concurrency"] for row in cost["rows"]] == [1, 4]
