@@ -446,3 +446,24 @@ def test_lone_surrogates_in_a_filter_are_a_400(api):
     response = api.get("/jobs", params={"where": '{"model": "\\ud800"}'})
     assert response.status_code == 400
     assert "Unicode" in response.json()["_error"]["message"]
+
+
+def test_sibyl_admin_key_sets_the_admin_key(database, monkeypatch, tmp_path):
+    import run
+    import settings
+    from service.store.keys import new_key
+
+    monkeypatch.setattr(settings, "MONGO_DBNAME", "sibyl_admin_key_test")
+    monkeypatch.setattr(settings, "ADMIN_KEY_FILE", str(tmp_path / "admin.key"))
+    keys = Keys(run.database_of(database.uri).keys)
+    keys.collection.delete_many({})
+    _, chosen = new_key()
+    monkeypatch.setenv("SIBYL_ADMIN_KEY", chosen)
+    run.ensure_admin_key(database.uri)
+    run.ensure_admin_key(database.uri)  # a restart: nothing new
+    assert keys.check(chosen).role == "admin"
+    assert keys.collection.count_documents({}) == 1
+    assert not (tmp_path / "admin.key").exists()  # the operator holds it already
+    monkeypatch.setenv("SIBYL_ADMIN_KEY", "too-short")
+    with pytest.raises(SystemExit, match="SIBYL_ADMIN_KEY"):
+        run.ensure_admin_key(database.uri)

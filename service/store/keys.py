@@ -116,7 +116,8 @@ class Keys:
             if not key_id or len(key) < len(PREFIX) + ID_LENGTH + 1 + 43:
                 raise ValueError(
                     f"a key reads {PREFIX}<{ID_LENGTH} letters or digits>_<at least 43 "
-                    "characters of secret>; make one with `python run.py keys create`"
+                    'characters of secret>; make one with `python -c "from '
+                    'service.store.keys import new_key; print(new_key()[1])"`'
                 )
         created = now()
         document = {
