@@ -77,7 +77,13 @@ def run_load(
     def client() -> None:
         connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
         for _ in range(warmup):
-            post(connection, next(counter))
+            try:
+                post(connection, next(counter))
+            except (OSError, http.client.HTTPException):
+                # A server too slow to answer a warm-up is measured as it is; a client
+                # that died here would leave the others waiting at the barrier forever.
+                connection.close()
+                connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
         warmed.wait()
         start_gate.wait()
         while True:
