@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench profile clean
 
 install: $(STAMP)
 
@@ -24,6 +24,12 @@ test: install
 # CNN, the in-process limits and itself without access control (about 12 minutes).
 bench: install
 	$(PY) -m bench.run
+
+# Where the time goes: py-spy samples of the API worker and the database under load
+# (MODEL=iris|digits|cnn); docs/PERFORMANCE.md keeps the latest top lines.
+MODEL ?= iris
+profile: install
+	$(PY) -m bench.profile --model $(MODEL)
 
 lint: install
 	$(VENV)/bin/ruff check .

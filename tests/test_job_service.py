@@ -6,7 +6,9 @@ import threading
 from datetime import timedelta
 
 import pytest
+from bson import ObjectId
 from conftest import ROOT
+from pymongo.errors import AutoReconnect
 
 from service.errors import Rejected
 from service.jobs.claims import JobQueue, utcnow
@@ -155,3 +157,104 @@ def test_a_waited_answer_after_a_retry_equals_the_stored_predictions(
     assert answer["predictions"] == [{f: p[f] for f in fields} for p in stored]
     assert [p["label"] for p in stored] == ["setosa", "virginica"]  # the newer attempt's rows
     assert [p["attempt"] for p in stored] == [2, 2]
+
+
+def job_changes(db, during) -> list[dict]:
+    """The change events of jobs while during() runs: what was written, in order."""
+    with db.jobs.watch(max_await_time_ms=100) as stream:
+        during()
+        changes = []
+        while (change := stream.try_next()) is not None:
+            changes.append(change)
+    return changes
+
+
+def test_a_waited_job_is_written_once_complete(live_server, db, demo_models):
+    services = live_server.app.extensions["sibyl"]
+    answers = {}
+
+    def submit():
+        answers["result"] = services.jobs.submit_and_wait(
+            [{"model": "iris", "inputs": [SETOSA, VIRGINICA], "tags": {"run": 1}}], ANONYMOUS, 30
+        )
+
+    changes = job_changes(db, submit)
+    (document,), finished = answers["result"]
+    # One insert of the finished job: never stored queued, never updated.
+    assert [change["operationType"] for change in changes] == ["insert"]
+    written = changes[0]["fullDocument"]
+    assert written["_id"] == document["_id"]
+    assert written["status"] == "succeeded" and written["lease"] is None
+    assert written["progress"] == {"done": 2, "total": 2}
+    answer = finished[document["_id"]]
+    assert [p["label"] for p in answer["predictions"]] == ["setosa", "virginica"]
+    stored = list(db.predictions.find({"job": document["_id"]}).sort("index", 1))
+    assert [p["_id"] for p in stored] == [p["_id"] for p in answer["predictions"]]
+    assert all(p["tags"] == {"run": 1} for p in stored)
+
+
+class IdleRunner:
+    """A dispatcher that accepts jobs and never runs them."""
+
+    def __init__(self, store):
+        self.queue = JobQueue(store, "idle-runner", 30, 3)
+        self.jobs = []
+
+    def submit(self, jobs):
+        self.jobs.extend(jobs)
+
+
+def test_a_held_job_not_taken_in_time_is_stored_queued_before_the_answer(
+    live_server, db, demo_models, monkeypatch
+):
+    services = live_server.app.extensions["sibyl"]
+    runner = IdleRunner(services.store)
+    monkeypatch.setattr(services.jobs, "_dispatcher", lambda: runner)
+    (document,), finished = services.jobs.submit_and_wait(
+        [{"model": "iris", "inputs": [SETOSA]}], ANONYMOUS, 0.4
+    )
+    assert finished == {}
+    stored = db.jobs.find_one({"_id": document["_id"]})
+    assert stored["status"] == "queued"
+    assert stored["lease"]["worker"] == "idle-runner"  # still this process's to run
+    (job,) = runner.jobs
+    assert job.held.stored.is_set() and job.held.error is None
+
+
+def test_jobs_split_across_batches_are_stored_and_finish(start_server, db, demo_models):
+    """The second job's instances straddle two model calls: it is written as an
+    ordinary job before its first batch, the first job once, complete."""
+    api = start_server({"MAX_BATCH_SIZE": 10}).api()
+    bodies = [
+        {"model": "iris", "inputs": [SETOSA] * 6},
+        {"model": "iris", "inputs": [VIRGINICA] * 8},
+    ]
+    answer = api.post("/jobs?wait=30", json=bodies)
+    assert answer.status_code == 201, answer.text
+    items = answer.json()["_items"]
+    assert [item["status"] for item in items] == ["succeeded", "succeeded"]
+    assert [len(item["predictions"]) for item in items] == [6, 8]
+    for item, label in zip(items, ["setosa", "virginica"], strict=True):
+        stored = list(db.predictions.find({"job": ObjectId(item["_id"])}).sort("index", 1))
+        assert [p["index"] for p in stored] == list(range(len(item["predictions"])))
+        assert {p["label"] for p in stored} == {label}
+        assert db.jobs.find_one({"_id": ObjectId(item["_id"])})["status"] == "succeeded"
+
+
+def test_a_held_jobs_failed_write_is_a_503_and_stores_nothing(
+    live_server, db, demo_models, monkeypatch
+):
+    services = live_server.app.extensions["sibyl"]
+    assert services.dispatcher.queue.store is services.store  # what the patch reaches
+
+    def database_gone(write):
+        raise AutoReconnect("connection closed")
+
+    monkeypatch.setattr(services.store, "in_transaction", database_gone)
+    answer = live_server.api("client").post(
+        "/jobs?wait=30", json={"model": "iris", "inputs": [SETOSA]}
+    )
+    assert answer.status_code == 503, answer.text
+    assert "database unavailable" in answer.json()["_error"]["message"]
+    assert db.jobs.count_documents({}) == 0
+    assert db.predictions.count_documents({}) == 0

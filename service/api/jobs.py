@@ -59,11 +59,11 @@ def post_jobs():
     submitted = validated(body if isinstance(body, list) else [body])
     services = sibyl()
     identity = request_identity()
-    documents = services.jobs.submit(submitted, identity, watch=bool(seconds))
-    by_id = {document["_id"]: document for document in documents}
-    finished = {}
     if seconds:
-        finished = services.jobs.await_finished(list(by_id), seconds, identity, submitted=by_id)
+        documents, finished = services.jobs.submit_and_wait(submitted, identity, seconds)
+    else:
+        documents, finished = services.jobs.submit(submitted, identity), {}
+    by_id = {document["_id"]: document for document in documents}
     hidden = identity.hidden(RESOURCE)
     items = [answer(finished.get(job_id), document, hidden) for job_id, document in by_id.items()]
     response = {"_status": "OK", "_items": items} if isinstance(body, list) else items[0]
@@ -105,11 +105,13 @@ def answer(finished: dict | None, stored: dict, hidden: tuple[str, ...] = ()) ->
     and `status`) while it runs."""
     if finished is not None:
         predictions = finished.pop("predictions")
-        build_response_document(finished, RESOURCE, [])
         for field in ("inputs", *hidden):
             finished.pop(field, None)
-        # Not the ETag of the job as inserted, and a GET computes the current one.
-        finished.pop(config.ETAG, None)
+        # No ETag: a GET computes the current one (hashing the job, inputs and all,
+        # cost more than the rest of the answer).
+        finished[config.ETAG] = None
+        build_response_document(finished, RESOURCE, [])
+        finished.pop(config.ETAG)
         return {**finished, "predictions": predictions, config.STATUS: config.STATUS_OK}
     document = dict(stored)
     build_response_document(document, RESOURCE, [])

@@ -205,6 +205,48 @@ class JobQueue:
             succeeded |= self.succeed([job], now)
         return succeeded
 
+    def insert_held(self, jobs: list) -> None:
+        """Write held jobs (service/jobs/held.py) as ordinary jobs: leased to this runner,
+        the lease counted from now."""
+        until = utcnow() + self.lease
+        documents = []
+        for job in jobs:
+            document = job.held.document
+            document["lease"] = {**document["lease"], "until": until}
+            documents.append(document)
+        try:
+            self.store.jobs.insert_many(documents)
+        except BaseException as error:
+            for job in jobs:
+                job.held.resolved(error)
+            raise
+        for job in jobs:
+            job.held.resolved()
+            job.held = None
+
+    def insert_succeeded(self, jobs: list, predictions: list[dict], now: datetime) -> None:
+        """Write held jobs once, succeeded, with their predictions: one transaction, so
+        a job is never stored without its predictions nor they without it."""
+        fields = {
+            job.id: succeeded_fields(job.count, job.attempts, job.started_at, now) for job in jobs
+        }
+        documents = [{**job.held.document, **fields[job.id]} for job in jobs]
+
+        def write(session):
+            self.store.jobs.insert_many(documents, session=session)
+            self.store.predictions.insert_many(predictions, ordered=False, session=session)
+
+        try:
+            self.store.in_transaction(write)
+        except BaseException as error:
+            for job in jobs:
+                job.held.resolved(error)
+            raise
+        for job in jobs:
+            job.held.resolved()
+            job.held = None
+            self.events.ended(JobEnded(job.id, "succeeded", {**fields[job.id], "tags": job.tags}))
+
     def fail_attempt(self, job_id: ObjectId, token: str, attempts: int, error: str) -> str:
         """After a failed attempt: requeue, or fail for good past MAX_ATTEMPTS.
 

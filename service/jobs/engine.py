@@ -27,6 +27,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from service.errors import InputError
 from service.jobs.claims import JobQueue, utcnow
 from service.jobs.completions import Completions
+from service.jobs.held import Held, Taken
 from service.registry import model_store
 from service.registry.signature import check_inputs
 from service.store.access import Store
@@ -50,6 +51,8 @@ class Job:
     owner: str | None = None  # carried onto its predictions
     done: int = 0  # instances whose predictions are stored
     started_at: datetime | None = None  # when its first batch began
+    # Not yet in the database: its document, written once it ends (service/jobs/held.py).
+    held: Held | None = None
 
     @classmethod
     def from_document(cls, document: dict, model: dict, max_instances: int) -> "Job":
@@ -143,23 +146,46 @@ class Engine:
 
     def run(self, jobs: list[Job]) -> None:
         """Run claimed jobs, grouped by model version."""
+        jobs = [job for job in jobs if self._take(job)]
         groups: dict[ObjectId, list[Job]] = {}
         for job in jobs:
             groups.setdefault(job.model["_id"], []).append(job)
-        for group in groups.values():
-            try:
-                compiled = self.models.get(group[0].model)
-            except Exception as error:
-                for job in group:
-                    self._fail_job(job, f"the model could not be loaded: {error}")
-                continue
-            self._run_group(compiled, group)
+        try:
+            for group in groups.values():
+                try:
+                    compiled = self.models.get(group[0].model)
+                except Exception as error:
+                    for job in group:
+                        self._fail_job(job, f"the model could not be loaded: {error}")
+                    continue
+                self._run_group(compiled, group)
+        finally:
+            # A held job left unwritten (the database failed meanwhile) is not stored:
+            # its request must not answer as if it were.
+            for job in jobs:
+                if job.held is not None and not job.held.stored.is_set():
+                    job.held.resolved(RuntimeError("the job could not be stored"))
+
+    @staticmethod
+    def _take(job: Job) -> bool:
+        """Whether to run the job: a held one is this engine's to write from now on,
+        unless its request stored it already (then it is an ordinary job) or could not."""
+        if job.held is None:
+            return True
+        taken = job.held.take()
+        if taken is Taken.STORED:
+            job.held = None
+        return taken is not Taken.LOST
 
     def _run_group(self, compiled, jobs: list[Job]) -> None:
         """Pack the jobs' instances into batches; a failing batch is retried job by job."""
         pending = list(jobs)
         while pending:
             batch = self._next_batch(pending)
+            # A held job that will not finish in this batch is written as an ordinary one.
+            partial = [job for job, _, stop in batch if job.held is not None and stop < job.count]
+            if partial:
+                self.queue.insert_held(partial)
             began = utcnow()
             for job, _, _ in batch:
                 job.started_at = job.started_at or began
@@ -217,6 +243,17 @@ class Engine:
                 bad = start + int(np.argmin(job_finite))
                 broken[job.id] = f"the model's output for inputs[{bad}] is not finite (NaN or Inf)"
             offset += stop - start
+        # Held jobs that finished are written once, with their predictions.
+        once = [job for job, _, _ in batch if job.held is not None and job.id in documents]
+        if once:
+            held_rows = [documents.pop(job.id) for job in once]
+            for job, job_rows in zip(once, held_rows, strict=True):
+                pending.remove(job)
+                self.completions.add_predictions(job.id, job_rows)
+            written = [row for job_rows in held_rows for row in job_rows]
+            self.queue.insert_succeeded(once, written, now)
+            once_ids = {job.id for job in once}
+            batch = [entry for entry in batch if entry[0].id not in once_ids]
         overwritten = self._insert([row for rows in documents.values() for row in rows])
         for job_id, rows in documents.items():
             if job_id in overwritten:
@@ -306,6 +343,8 @@ class Engine:
         return overwritten
 
     def _fail_job(self, job: Job, error: str) -> None:
+        if job.held is not None:
+            self.queue.insert_held([job])  # a failure is recorded on a stored job
         self._fail(job.id, job.token, job.attempts, error)
 
     def _fail(self, job_id: ObjectId, token: str, attempts: int, error: str) -> None:

@@ -9,7 +9,9 @@ through the owner-scoped store, and hands them to this process's dispatcher
 `?wait=` with the jobs as stored and their predictions.
 """
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from bson import ObjectId
 
@@ -18,7 +20,8 @@ from service.errors import Conflict, InvalidField, Rejected, Unprocessable
 from service.jobs.claims import JobQueue, new_job, utcnow
 from service.jobs.completions import Completions, Waiter
 from service.jobs.engine import Job
-from service.jobs.quota import InFlight
+from service.jobs.held import Held
+from service.jobs.quota import InFlight, Reservation
 from service.registry.model_store import ModelLookup
 from service.registry.signature import check_inputs
 from service.store.access import Identity, Store
@@ -28,6 +31,29 @@ from service.store.access import Identity, Store
 # it accepted since) before reading them again (service/jobs/quota.py).
 QUOTA_READ_EVERY_S = 1.0
 INLINE_PREDICTION_FIELDS = ("_id", "index", "output", "label", "score")
+
+
+# How long before the end of a ?wait= the jobs still held in memory are stored queued.
+HOLD_MARGIN_S = 1.0
+
+
+@dataclass
+class Accepted:
+    """Jobs checked and reserved, not yet handed to a runner."""
+
+    documents: list[dict]
+    jobs: list[Job]
+    runner: object | None  # this process's Dispatcher, or None (workers run them)
+    reservation: Reservation | None
+
+    @property
+    def ids(self) -> list[ObjectId]:
+        return [document["_id"] for document in self.documents]
+
+    def hand_over(self) -> None:
+        """Give the jobs to this process's dispatcher, if it runs them."""
+        if self.runner is not None:
+            self.runner.submit(self.jobs)
 
 
 class JobService:
@@ -46,6 +72,8 @@ class JobService:
         self.models = models
         self.completions = completions
         self.max_instances = config["MAX_INSTANCES_PER_JOB"]
+        self.max_batch_size = config["MAX_BATCH_SIZE"]
+        self.lease_seconds = config["LEASE_SECONDS"]
         # Anonymous callers (authentication off) are one owner, None; Sibyl's own
         # submissions have no quota.
         self.in_flight = InFlight(
@@ -66,6 +94,63 @@ class JobService:
         queued and running jobs or instances would exceed its quota, TooManyActive.
         watch: the caller will await_finished() them (registered before they can end).
         """
+        accepted = self._accept(submitted, identity)
+        self._insert(accepted, identity)
+        if watch:
+            self.completions.expect(accepted.ids)
+        accepted.hand_over()
+        return accepted.documents
+
+    def submit_and_wait(
+        self, submitted: list[dict], identity: Identity, seconds: float
+    ) -> tuple[list[dict], dict[ObjectId, dict]]:
+        """submit() and await_finished(): the documents as stored, and the jobs that ended
+        within seconds with their predictions.
+
+        Jobs this process runs in one batch are held in memory and written once they
+        end, complete (service/jobs/held.py); those still unwritten near the end of
+        the wait are stored queued. Either way each is in the database before this
+        returns, or its write's error is raised.
+        """
+        accepted = self._accept(submitted, identity)
+        if accepted.runner is not None:
+            for job, document in zip(accepted.jobs, accepted.documents, strict=True):
+                if job.count <= self.max_batch_size:
+                    job.held = Held(document)
+        pairs = zip(accepted.jobs, accepted.documents, strict=True)
+        normal = [document for job, document in pairs if job.held is None]
+        if normal:
+            self._insert(accepted, identity, normal)
+        held = [job.held for job in accepted.jobs if job.held is not None]
+        self.completions.expect(accepted.ids)
+        deadline = time.monotonic() + seconds
+        try:
+            accepted.hand_over()
+            if held:
+                store = self.store.acting_as(identity)
+                hold = seconds - min(HOLD_MARGIN_S, seconds / 2)
+                self.wait(accepted.ids, hold, identity, just_submitted=True)
+                Held.store_untaken(held, store.jobs.insert_many)
+                for h in held:
+                    # Taken by the engine: its write lands within a batch's time.
+                    if not h.stored.wait(self.lease_seconds):
+                        raise RuntimeError("a held job was not written in time")
+                    if h.error is not None:
+                        raise h.error
+            finished = self.await_finished(
+                accepted.ids,
+                max(0.0, deadline - time.monotonic()),
+                identity,
+                submitted=dict(zip(accepted.ids, accepted.documents, strict=True)),
+            )
+        finally:
+            self.completions.release(accepted.ids)
+            if accepted.reservation is not None:
+                self.in_flight.inserted(accepted.reservation)
+        return accepted.documents, finished
+
+    def _accept(self, submitted: list[dict], identity: Identity) -> "Accepted":
+        """Jobs checked against their models, their documents built, their quota reserved."""
         quota = self.in_flight.enabled and not identity.system
         if quota:
             self.in_flight.check(identity.owner)  # before the inputs cost any work
@@ -74,7 +159,7 @@ class JobService:
         # Run here: stored already leased to this process's dispatcher, so no other
         # runner takes them and no claim is needed. Otherwise free for workers.
         lease = runner.queue.new_lease() if runner is not None else None
-        documents, checked, issues = [], [], []
+        documents, jobs, issues = [], [], []
         resolved: dict[str, dict] = {}
         for position, fields in enumerate(submitted):
             try:
@@ -88,41 +173,42 @@ class JobService:
             except InvalidField as error:
                 issues.append((position, error.field, error.message))
                 continue
-            documents.append(new_job(fields, model, count, lease, now))
-            checked.append((model, arrays, count))
+            document = identity.stamp("jobs", new_job(fields, model, count, lease, now))
+            document["_id"] = ObjectId()
+            documents.append(document)
+            token = lease["token"] if lease else ""
+            jobs.append(
+                Job(
+                    document["_id"],
+                    token,
+                    model,
+                    arrays,
+                    count,
+                    attempts=1,
+                    tags=document["tags"],
+                    owner=document["owner"],
+                )
+            )
         if issues:
             raise Rejected(issues)
-        instances = sum(count for _, _, count in checked)
         reservation = None
         if quota:
+            instances = sum(job.count for job in jobs)
             reservation = self.in_flight.reserve(identity.owner, len(documents), instances)
+        return Accepted(documents, jobs, runner, reservation)
+
+    def _insert(self, accepted: "Accepted", identity: Identity, documents=None) -> None:
+        """Store the accepted jobs (or those of documents) queued; the quota counts them."""
         try:
-            self.store.acting_as(identity).jobs.insert_many(documents)
-        except BaseException:
-            if reservation is not None:
-                self.in_flight.cancel(reservation)
-            raise
-        if reservation is not None:
-            self.in_flight.inserted(reservation)
-        if watch:
-            self.completions.expect([document["_id"] for document in documents])
-        if runner is not None:
-            runner.submit(
-                [
-                    Job(
-                        document["_id"],
-                        lease["token"],
-                        model,
-                        arrays,
-                        count,
-                        attempts=1,
-                        tags=document["tags"],
-                        owner=document["owner"],
-                    )
-                    for document, (model, arrays, count) in zip(documents, checked, strict=True)
-                ]
+            self.store.acting_as(identity).jobs.insert_many(
+                accepted.documents if documents is None else documents
             )
-        return documents
+        except BaseException:
+            if accepted.reservation is not None:
+                self.in_flight.cancel(accepted.reservation)
+            raise
+        if accepted.reservation is not None and documents is None:
+            self.in_flight.inserted(accepted.reservation)
 
     def _active(self, owner: str | None) -> tuple[int, int]:
         """The owner's queued and running (jobs, instances), from the database.

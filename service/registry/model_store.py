@@ -18,7 +18,6 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -210,15 +209,8 @@ def promote(store: Store, model: dict, owner: str | None) -> dict:
     # read again, and demote it.
     for _ in range(PROMOTION_ATTEMPTS - 1):
         with contextlib.suppress(DuplicateKeyError):
-            return in_transaction(store, write)
-    return in_transaction(store, write)
-
-
-def in_transaction(store: Store, write: Callable):
-    """Run write(session) in a transaction, retried on transient errors, durable as
-    every write."""
-    with store.db.client.start_session() as session:
-        return session.with_transaction(write, write_concern=store.db.write_concern)
+            return store.in_transaction(write)
+    return store.in_transaction(write)
 
 
 def promote_unstaged(store: Store) -> list[str]:

@@ -29,6 +29,10 @@ OWNED_RESOURCES = frozenset({"jobs", "predictions"})
 INTERNAL_FIELDS = {"jobs": ("lease",), "predictions": ("batch", "attempt")}
 
 
+# Stores seen as other identities, kept for reuse (a request's identity, each time).
+MAX_IDENTITIES_KEPT = 1024
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who an access is made for: the owner it stores, and whether it sees all owners.
@@ -101,10 +105,10 @@ class ScopedCollection:
     def insert_one(self, document: dict):
         return self.collection.insert_one(self.identity.stamp(self.resource, document))
 
-    def insert_many(self, documents: list[dict], ordered: bool = True):
+    def insert_many(self, documents: list[dict], ordered: bool = True, session=None):
         for document in documents:
             self.identity.stamp(self.resource, document)
-        return self.collection.insert_many(documents, ordered=ordered)
+        return self.collection.insert_many(documents, ordered=ordered, session=session)
 
     def update_one(self, query: dict, update: dict, **kwargs):
         return self.collection.update_one(self._scope(query), update, **kwargs)
@@ -145,9 +149,21 @@ class Store:
         self.models = ScopedCollection(db.models, "models", identity)
         # Version counters of model names: no owner, no documents to see.
         self.counters = db.counters
+        self._seen_as: dict[Identity, Store] = {}
+
+    def in_transaction(self, write):
+        """Run write(session) in a transaction, retried on transient errors, durable as
+        every write: its writes land together or not at all."""
+        with self.db.client.start_session() as session:
+            return session.with_transaction(write, write_concern=self.db.write_concern)
 
     def acting_as(self, identity: Identity) -> "Store":
-        """The same database, seen by another identity."""
+        """The same database, seen by another identity (made once per identity)."""
         if identity == self.identity:
             return self
-        return Store(self.db, identity)
+        seen = self._seen_as.get(identity)
+        if seen is None:
+            if len(self._seen_as) >= MAX_IDENTITIES_KEPT:
+                self._seen_as.clear()
+            seen = self._seen_as[identity] = Store(self.db, identity)
+        return seen
