@@ -702,6 +702,21 @@ def wait_until_idle(server: Server, most_seconds: float) -> float:
     return round(time.perf_counter() - began, 1)
 
 
+def database_state(sibyl: Server, workdir: Path) -> dict:
+    """Sibyl's jobs by status, and the CPU its database uses over a second with no load."""
+    before = sibyl.cpu_by_role()["db"]
+    time.sleep(1)
+    idle_cpu = sibyl.cpu_by_role()["db"] - before
+    uri = (workdir / "db" / "uri").read_text().strip()
+    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
+        jobs = client[os.environ.get("SIBYL_DB_NAME", "sibyl")].jobs
+        by_status = {d["_id"]: d["n"] for d in jobs.aggregate(STATUS_COUNTS)}
+    return {"jobs": by_status, "db_cpu_s_per_s": round(idle_cpu, 2)}
+
+
+STATUS_COUNTS = [{"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+
+
 def forget_load(db) -> None:
     """Drop what the end-to-end load stored beyond the tiny models' jobs (the same-work
     app's collections, the CNN's jobs with their images), so later sections find the
@@ -728,6 +743,12 @@ def main(argv: list[str] | None = None) -> int:
         began = time.perf_counter()
         yield
         results["section_seconds"][name] = round(time.perf_counter() - began, 1)
+        if servers:
+            # What the database holds and does once the section is over: a busy database
+            # or unfinished jobs would weigh on the sections after it.
+            state = database_state(servers[0], workdir)
+            results.setdefault("after_section", {})[name] = state
+            print(f"  after it: {state}", flush=True)
 
     servers = []
     try:
@@ -808,6 +829,9 @@ def main(argv: list[str] | None = None) -> int:
                 baseline.stop()
             batches = observed_batches(db, CNN)
             results["same_work"]["stored"] = same_work_stored(db)
+            cnn_jobs = db.jobs.aggregate([{"$match": {"model": CNN}}, *STATUS_COUNTS])
+            results["cnn"]["sibyl_jobs"] = {d["_id"]: d["n"] for d in cnn_jobs}
+            print(f"  Sibyl's cnn jobs by status: {results['cnn']['sibyl_jobs']}", flush=True)
             forget_load(db)
             results["cnn"]["idle_after_s"] = wait_until_idle(sibyl, 60)
 
@@ -821,6 +845,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in servers:
             server.stop()
+        # Sibyl's log of the run, kept beside the results (its warnings tell of lost leases,
+        # database errors, expired holds).
+        args.results.mkdir(parents=True, exist_ok=True)
+        if (workdir / "sibyl.log").exists():
+            shutil.copy(workdir / "sibyl.log", args.results / "latest-sibyl.log")
         shutil.rmtree(workdir, ignore_errors=True)
 
     results["machine"] = {
