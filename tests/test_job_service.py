@@ -71,9 +71,13 @@ def test_an_identity_sees_only_its_own_jobs(db):
     assert len(list(store.jobs.find({}))) == 3  # Sibyl's own processes see every job
 
 
-def test_a_job_failed_by_an_expired_lease_reaches_its_waiters(start_server, db, demo_models):
-    app = start_server({"MAX_ATTEMPTS": 1, "INFERENCE": "workers"}).app
-    services = app.extensions["sibyl"]
+def test_a_job_failed_by_an_expired_lease_reaches_its_waiters(
+    queueing_server, queue_db, queue_demo_models
+):
+    # The queueing app's database: no dispatcher sweeps it, so only this sweeper can
+    # end the job (another app's sweep would requeue it first, in its own process).
+    db = queue_db
+    services = queueing_server.app.extensions["sibyl"]
     (document,) = services.jobs.submit([{"model": "iris", "inputs": [SETOSA]}], ANONYMOUS)
     ended = []
     services.events.on_ended(ended.append)

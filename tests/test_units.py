@@ -4,6 +4,7 @@ import copy
 import inspect
 
 import pytest
+from bson import ObjectId
 from cerberus import Validator as CerberusValidator
 from cerberus.schema import DefinitionSchema
 from eve.io.mongo import Validator
@@ -15,6 +16,7 @@ from schemas import DOMAIN
 from schemas.common import MODEL_NAME
 from service.api.request_checks import nesting_exceeds
 from service.api.validation import CHECKED_SCHEMAS, CheckedSchema, SibylValidator
+from service.store.access import Identity
 
 
 @pytest.mark.parametrize(
@@ -136,3 +138,16 @@ def test_model_names_never_look_like_model_ids(name, valid):
         assert validator.errors == {
             "name": "a model name may not look like a model id (24 hex digits)"
         }
+
+
+def test_a_clients_scope_is_a_top_level_owner_unless_the_query_names_one():
+    """The embedded database plans no index for a top-level $and (it scanned every job
+    for a client's GET of one): the owner joins the query's own fields, and only a
+    query naming an owner itself is wrapped, so it cannot replace the scope's."""
+    alice = Identity(owner="alice", sees_all=False, role="client")
+    job_id = ObjectId()
+    assert alice.scope("jobs", {}) == {"owner": "alice"}
+    assert alice.scope("jobs", {"_id": job_id}) == {"_id": job_id, "owner": "alice"}
+    named = {"owner": "bob", "status": "queued"}
+    assert alice.scope("predictions", named) == {"$and": [named, {"owner": "alice"}]}
+    assert alice.scope("models", {"name": "iris"}) == {"name": "iris"}  # not owned

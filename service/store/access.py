@@ -54,9 +54,18 @@ class Identity:
         """The query, narrowed to what this identity may see of the resource."""
         if self.sees_all or resource not in OWNED_RESOURCES:
             return query
-        if not query:
-            return {"owner": self.owner}
+        if "owner" not in query:
+            # A top-level field, not {"$and": [...]}: the embedded database plans no
+            # index for a top-level $and and scans the collection (a client's GET of
+            # one job by _id read every job: 677 ms at 3,000 jobs, 1.4 ms merged).
+            return {**query, "owner": self.owner}
         return {"$and": [query, {"owner": self.owner}]}
+
+    def sees(self, resource: str, document: dict) -> bool:
+        """Whether the document (read with its owner) is one this identity may see."""
+        return (
+            self.sees_all or resource not in OWNED_RESOURCES or document.get("owner") == self.owner
+        )
 
     def hidden(self, resource: str) -> tuple[str, ...]:
         """Fields of the resource this identity is never shown."""
