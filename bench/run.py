@@ -708,8 +708,10 @@ def database_state(sibyl: Server, workdir: Path) -> dict:
     time.sleep(1)
     idle_cpu = sibyl.cpu_by_role()["db"] - before
     uri = (workdir / "db" / "uri").read_text().strip()
+    import settings
+
     with pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
-        jobs = client[os.environ.get("SIBYL_DB_NAME", "sibyl")].jobs
+        jobs = client[settings.MONGO_DBNAME].jobs
         by_status = {d["_id"]: d["n"] for d in jobs.aggregate(STATUS_COUNTS)}
     return {"jobs": by_status, "db_cpu_s_per_s": round(idle_cpu, 2)}
 

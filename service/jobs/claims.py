@@ -20,6 +20,7 @@ from bson import ObjectId
 
 from schemas.common import ACTIVE_STATUSES
 from service.jobs.events import JobEnded, JobEvents
+from service.jobs.held import Held
 from service.store.access import Store
 
 
@@ -214,14 +215,8 @@ class JobQueue:
             document = job.held.document
             document["lease"] = {**document["lease"], "until": until}
             documents.append(document)
-        try:
-            self.store.jobs.insert_many(documents)
-        except BaseException as error:
-            for job in jobs:
-                job.held.resolved(error)
-            raise
+        Held.write([job.held for job in jobs], lambda: self.store.jobs.insert_many(documents))
         for job in jobs:
-            job.held.resolved()
             job.held = None
 
     def insert_succeeded(self, jobs: list, predictions: list[dict], now: datetime) -> None:
@@ -236,14 +231,8 @@ class JobQueue:
             self.store.jobs.insert_many(documents, session=session)
             self.store.predictions.insert_many(predictions, ordered=False, session=session)
 
-        try:
-            self.store.in_transaction(write)
-        except BaseException as error:
-            for job in jobs:
-                job.held.resolved(error)
-            raise
+        Held.write([job.held for job in jobs], lambda: self.store.in_transaction(write))
         for job in jobs:
-            job.held.resolved()
             job.held = None
             self.events.ended(JobEnded(job.id, "succeeded", {**fields[job.id], "tags": job.tags}))
 

@@ -51,6 +51,19 @@ class Held:
         self.stored.set()
 
     @staticmethod
+    def write(held: list["Held"], write) -> None:
+        """Run write(), which stores the held jobs; each is resolved with its outcome,
+        and an error is raised again."""
+        try:
+            write()
+        except BaseException as error:
+            for h in held:
+                h.resolved(error)
+            raise
+        for h in held:
+            h.resolved()
+
+    @staticmethod
     def store_untaken(held: list["Held"], insert) -> None:
         """The request's turn: write the jobs the engine has not taken, in one insert.
 
@@ -61,16 +74,8 @@ class Held:
             lock.acquire()
         try:
             untaken = [h for h in held if not h._taken and not h.stored.is_set()]
-            if not untaken:
-                return
-            try:
-                insert([h.document for h in untaken])
-            except BaseException as error:
-                for h in untaken:
-                    h.resolved(error)
-                raise
-            for h in untaken:
-                h.resolved()
+            if untaken:
+                Held.write(untaken, lambda: insert([h.document for h in untaken]))
         finally:
             for lock in locks:
                 lock.release()

@@ -69,11 +69,15 @@ class InFlight:
             self._reservations.setdefault(owner, []).append(reservation)
             return reservation
 
-    def inserted(self, reservation: Reservation) -> None:
-        reservation.inserted_at = time.monotonic()
+    def inserted(self, reservation: Reservation | None) -> None:
+        """The reservation's jobs are stored (None: nothing was reserved)."""
+        if reservation is not None:
+            reservation.inserted_at = time.monotonic()
 
-    def cancel(self, reservation: Reservation) -> None:
-        """The insert failed: give the reservation back."""
+    def cancel(self, reservation: Reservation | None) -> None:
+        """The insert failed: give the reservation back (None: nothing was reserved)."""
+        if reservation is None:
+            return
         with self._lock:
             held = self._reservations.get(reservation.owner, [])
             if reservation in held:

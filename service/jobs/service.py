@@ -95,7 +95,8 @@ class JobService:
         watch: the caller will await_finished() them (registered before they can end).
         """
         accepted = self._accept(submitted, identity)
-        self._insert(accepted, identity)
+        self._insert(accepted, identity, accepted.documents)
+        self.in_flight.inserted(accepted.reservation)
         if watch:
             self.completions.expect(accepted.ids)
         accepted.hand_over()
@@ -145,8 +146,7 @@ class JobService:
             )
         finally:
             self.completions.release(accepted.ids)
-            if accepted.reservation is not None:
-                self.in_flight.inserted(accepted.reservation)
+            self.in_flight.inserted(accepted.reservation)
         return accepted.documents, finished
 
     def _accept(self, submitted: list[dict], identity: Identity) -> "Accepted":
@@ -197,18 +197,14 @@ class JobService:
             reservation = self.in_flight.reserve(identity.owner, len(documents), instances)
         return Accepted(documents, jobs, runner, reservation)
 
-    def _insert(self, accepted: "Accepted", identity: Identity, documents=None) -> None:
-        """Store the accepted jobs (or those of documents) queued; the quota counts them."""
+    def _insert(self, accepted: "Accepted", identity: Identity, documents: list[dict]) -> None:
+        """Store documents of the accepted jobs queued; their reservation is given back
+        if the insert fails."""
         try:
-            self.store.acting_as(identity).jobs.insert_many(
-                accepted.documents if documents is None else documents
-            )
+            self.store.acting_as(identity).jobs.insert_many(documents)
         except BaseException:
-            if accepted.reservation is not None:
-                self.in_flight.cancel(accepted.reservation)
+            self.in_flight.cancel(accepted.reservation)
             raise
-        if accepted.reservation is not None and documents is None:
-            self.in_flight.inserted(accepted.reservation)
 
     def _active(self, owner: str | None) -> tuple[int, int]:
         """The owner's queued and running (jobs, instances), from the database.
