@@ -156,6 +156,14 @@ def queue_db(database) -> Iterator[pymongo.database.Database]:
     yield from emptied(database, QUEUE_DB_NAME)
 
 
+@pytest.fixture
+def unswept_db(database) -> Iterator[pymongo.database.Database]:
+    """A database no app uses, emptied before each test: the session's in-process
+    dispatchers sweep the default test database, and would claim or requeue the bare
+    jobs a test leaves queued or expired there."""
+    yield from emptied(database, "sibyl_unswept_test")
+
+
 @pytest.fixture(scope="session")
 def queueing_server(start_server) -> LiveServer:
     """An app in workers mode: it stores jobs and runs none (no worker is started)."""

@@ -5,17 +5,15 @@ import threading
 from datetime import timedelta
 
 import pytest
-from conftest import emptied, job_queue
+from conftest import job_queue
 
 from service.jobs.claims import utcnow
 from service.jobs.engine import Job
 
 
 @pytest.fixture
-def db(database):
-    """A database of these tests alone: the session's in-process dispatchers sweep the
-    default test database, and would claim the bare jobs queued here."""
-    yield from emptied(database, "sibyl_claims_test")
+def db(unswept_db):
+    return unswept_db
 
 
 def queue_jobs(db, count: int) -> list:

@@ -189,9 +189,10 @@ def test_a_frozen_worker_leaves_nothing_of_a_failed_job(
 
 
 @pytest.mark.parametrize("max_attempts", [3, 1], ids=["requeue", "fail"])
-def test_the_sweep_leaves_a_lease_extended_meanwhile(db, monkeypatch, max_attempts):
+def test_the_sweep_leaves_a_lease_extended_meanwhile(unswept_db, monkeypatch, max_attempts):
     """requeue_expired reads the expired jobs, then writes: a lease extended in
     between must stay with its holder (neither requeued nor failed)."""
+    db = unswept_db
     (job_id,) = db.jobs.insert_many(
         [{"status": "queued", "attempts": 0, "_created": utcnow(), "progress": {"done": 0}}]
     ).inserted_ids
