@@ -13,6 +13,8 @@ def register(app: Eve) -> None:
     app.on_pre_DELETE += items.on_pre_DELETE
 
     app.on_pre_GET_jobs += as_http_errors(jobs.on_pre_GET_jobs)
+    app.on_fetched_resource_jobs += jobs.on_fetched_resource_jobs
+    app.on_fetched_item_jobs += jobs.on_fetched_item_jobs
     app.on_update_jobs += as_http_errors(jobs.on_update_jobs)
     app.on_updated_jobs += as_http_errors(jobs.on_updated_jobs)
     app.on_delete_item_jobs += as_http_errors(jobs.on_delete_item_jobs)

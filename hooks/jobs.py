@@ -8,11 +8,23 @@ from flask import Request
 from service.api.jobs import wait_for_job
 from service.context import sibyl
 from service.store.data import request_identity
+from service.store.packed import unpacked
 
 
 def on_pre_GET_jobs(request: Request, lookup: dict) -> None:
     """GET /v1/jobs/<id>?wait=: hold the request until the job finished or the wait ends."""
     wait_for_job(lookup)
+
+
+def on_fetched_resource_jobs(response: dict) -> None:
+    """Inputs stored packed (service/store/packed.py) are answered as the lists sent."""
+    for job in response.get("_items", []):
+        on_fetched_item_jobs(job)
+
+
+def on_fetched_item_jobs(job: dict) -> None:
+    if "inputs" in job:
+        job["inputs"] = unpacked(job["inputs"])
 
 
 def on_update_jobs(updates: dict, original: dict) -> None:

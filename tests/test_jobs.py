@@ -31,6 +31,26 @@ def test_job_round_trip(queue_api, queue_db, queue_demo_models):
     assert queue_db.jobs.count_documents({}) == 1
 
 
+def test_inputs_are_stored_packed_and_read_back_as_sent(queue_api, queue_db, queue_demo_models):
+    inputs = [[0.1, 2, 1e-7, 4.25], [6.3, 3.3, 6.0, 2.5]]
+    created = queue_api.post("/jobs", json={"model": "iris", "inputs": inputs})
+    assert created.status_code == 201, created.text
+    stored = queue_db.jobs.find_one()["inputs"]
+    assert isinstance(stored, bytes) and stored.subtype == 0x80
+    job_id = created.json()["_id"]
+    # 2 comes back as 2.0: an integer among floats is stored as one.
+    expected = [[0.1, 2.0, 1e-7, 4.25], [6.3, 3.3, 6.0, 2.5]]
+    assert queue_api.get(f"/jobs/{job_id}").json()["inputs"] == expected
+    listed = queue_api.get("/jobs", params={"projection": '{"inputs": 1}'}).json()["_items"]
+    assert listed[0]["inputs"] == expected
+    # The ETag a GET gives is the one PATCH checks.
+    etag = queue_api.get(f"/jobs/{job_id}").json()["_etag"]
+    patched = queue_api.patch(
+        f"/jobs/{job_id}", json={"tags": {"a": "b"}}, headers={"If-Match": etag}
+    )
+    assert patched.status_code == 200, patched.text
+
+
 @pytest.mark.parametrize("reference", ["iris", "iris@1", "ID"])
 def test_model_can_be_named_by_name_version_or_id(queue_api, queue_demo_models, reference):
     reference = reference.replace("ID", str(queue_demo_models["iris"]["_id"]))

@@ -2,6 +2,7 @@
 
 import copy
 import inspect
+import json
 
 import pytest
 from bson import ObjectId
@@ -14,9 +15,10 @@ from hooks.pagination import on_fetched_resource
 from run import redact
 from schemas import DOMAIN
 from schemas.common import MODEL_NAME
-from service.api.request_checks import nesting_exceeds
+from service.api.request_checks import nesting_exceeds, unstorable_value
 from service.api.validation import CHECKED_SCHEMAS, CheckedSchema, SibylValidator
 from service.store.access import Identity
+from service.store.packed import is_packed, pack, unpacked, unpacked_array
 
 
 @pytest.mark.parametrize(
@@ -34,6 +36,53 @@ from service.store.access import Identity
 )
 def test_nesting_exceeds(value, limit, expected):
     assert nesting_exceeds(value, limit) is expected
+
+
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [
+        # Among thousands of plain numbers (checked by NumPy, not item by item).
+        ([[0.5] * 1000, [1.0] * 999 + [2**63]], (1, 999)),
+        ([[1] * 1000, [-(2**63) - 1] + [1] * 999], (1, 0)),
+        ([1e300] * 1000 + [2**64], (1000,)),
+        ([0.5] * 1000 + [float("nan")], (1000,)),
+        ([0.5] * 1000 + ["\ud800"], (1000,)),
+    ],
+)
+def test_unstorable_numbers_are_found_in_large_arrays(value, path):
+    assert unstorable_value(value)[0] == path
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        [[5.1, 3.5, 1.4, 0.2]],
+        [[0.1, 1e-300, -2.5e300, 3.0]] * 3,
+        [[[1, 2], [3, -(2**63)]], [[2**63 - 1, 0], [7, 8]]],
+    ],
+)
+def test_packed_inputs_read_back_as_sent(inputs):
+    stored = pack(inputs)
+    assert is_packed(stored)
+    # The same JSON: the same numbers, integers still integers.
+    assert json.dumps(unpacked(stored)) == json.dumps(inputs)
+    assert unpacked_array(stored).tolist() == inputs
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        [[1, 2], [3]],  # ragged
+        [["a", "b"]],  # strings
+        [{"x": [1.0]}],  # named inputs
+        {"x": [[1.0]]},
+        [[True, False]],
+        [[2**64]],  # past int64: stored as sent, refused by the model's check
+    ],
+)
+def test_inputs_that_are_not_numeric_arrays_are_stored_as_sent(inputs):
+    assert pack(inputs) is inputs
+    assert unpacked(inputs) is inputs
 
 
 def test_redact_hides_only_the_password():

@@ -80,7 +80,7 @@ def validated(bodies: list[dict]) -> list[dict]:
     )
     documents, issues = [], []
     for position, value in enumerate(bodies):
-        if validator.validate(parse(value, RESOURCE)):
+        if validator.validate(parsed(value)):
             documents.append(validator.document)
             continue
         for field, errors in validator.errors.items():
@@ -88,6 +88,16 @@ def validated(bodies: list[dict]) -> list[dict]:
     if issues:
         raise Rejected(issues)
     return documents
+
+
+def parsed(body: dict) -> dict:
+    """Eve's parse (its serializers, dotted keys reshaped) without its walk of `inputs`,
+    3 ms for 27,648 numbers: they have no serializers, and check_json_body refused
+    dotted keys."""
+    if "inputs" not in body:
+        return parse(body, RESOURCE)
+    inputs = body.pop("inputs")
+    return {**parse(body, RESOURCE), "inputs": inputs}
 
 
 def _message(errors) -> str:

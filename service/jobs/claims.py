@@ -22,6 +22,7 @@ from schemas.common import ACTIVE_STATUSES
 from service.jobs.events import JobEnded, JobEvents
 from service.jobs.held import Held
 from service.store.access import Store
+from service.store.packed import pack
 
 
 def utcnow() -> datetime:
@@ -43,7 +44,7 @@ def new_job(submitted: dict, model: dict, count: int, lease: dict | None, now: d
     """
     return {
         "model": submitted["model"],
-        "inputs": submitted["inputs"],
+        "inputs": pack(submitted["inputs"]),
         "tags": submitted.get("tags") or {},
         "model_ref": {"_id": model["_id"], "name": model["name"], "version": model["version"]},
         "status": "queued",

@@ -31,6 +31,7 @@ from service.jobs.held import Held, Taken
 from service.registry import model_store
 from service.registry.signature import check_inputs
 from service.store.access import Store
+from service.store.packed import unpacked_array
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class Job:
     def from_document(cls, document: dict, model: dict, max_instances: int) -> "Job":
         """Rebuild a job read back from MongoDB (worker processes, sweeps)."""
         arrays, count = check_inputs(
-            document["inputs"], model["signature"]["inputs"], max_instances
+            unpacked_array(document["inputs"]), model["signature"]["inputs"], max_instances
         )
         return cls(
             id=document["_id"],
