@@ -14,7 +14,6 @@ import math
 import re
 
 import numpy as np
-
 from eve.endpoints import error_endpoint
 from eve.io.mongo.mongo import Mongo
 from eve.io.mongo.parser import ParseError, parse
