@@ -5,6 +5,7 @@ import http.client
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -15,6 +16,8 @@ class LoadResult:
     concurrency: int
     requests: int = 0
     errors: int = 0
+    # What the failures were: "HTTP 503", "not finished", or the exception's name.
+    failures: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
 
@@ -33,6 +36,7 @@ class LoadResult:
             "concurrency": self.concurrency,
             "requests": self.requests,
             "errors": self.errors,
+            "failures": dict(self.failures),
             "seconds": round(self.seconds, 3),
             "throughput_per_s": round(self.throughput, 1),
             "p50_ms": round(self.percentile(0.50), 2),
@@ -86,6 +90,10 @@ def run_load(
                 connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
         warmed.wait()
         start_gate.wait()
+        # A fresh connection: the server may have closed the warm one while it idled
+        # past its keep-alive at the barrier (a BrokenPipeError on the first request).
+        connection.close()
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
         while True:
             with lock:
                 if (
@@ -95,20 +103,23 @@ def run_load(
                     break
                 number = next(counter)
             began = time.perf_counter()
+            failure = None
             try:
                 status, answer = post(connection, number)
-                ok = is_success(status, answer)
-            except (OSError, http.client.HTTPException):
+                if not is_success(status, answer):
+                    failure = "not finished" if status == 201 else f"HTTP {status}"
+            except (OSError, http.client.HTTPException) as error:
                 connection.close()
                 connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-                ok = False
+                failure = type(error).__name__
             elapsed_ms = (time.perf_counter() - began) * 1000
             with lock:
-                if ok:
+                if failure is None:
                     result.requests += 1
                     result.latencies_ms.append(elapsed_ms)
                 else:
                     result.errors += 1
+                    result.failures[failure] += 1
         connection.close()
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]

@@ -360,6 +360,7 @@ def access_control_cost(sibyl: Server, workdir: Path, sizes: dict, key: str) -> 
         for result in results:
             merged.requests += result.requests
             merged.errors += result.errors
+            merged.failures += result.failures
             merged.seconds += result.seconds
             merged.latencies_ms += result.latencies_ms
         total[name] = {**merged.summary(), "cpu_ms_per_job": per_job(cpu[name], merged.requests)}
@@ -512,7 +513,8 @@ def end_to_end_markdown(results: dict) -> list[str]:
         )
     failures = [
         f"{row['model']} at {row['concurrency']} clients, {LABELS[name]}: {row[name]['errors']} "
-        f"of {row[name]['errors'] + row[name]['requests']}"
+        f"of {row[name]['errors'] + row[name]['requests']} "
+        f"({', '.join(f'{n} {kind}' for kind, n in row[name].get('failures', {}).items())})"
         for row in rows
         for name in LABELS
         if row[name]["errors"]
