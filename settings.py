@@ -144,6 +144,14 @@ RATE_LIMIT_STORAGE = os.environ.get("SIBYL_RATE_LIMIT_STORAGE", "memory")
 # --- Eve ------------------------------------------------------------------
 API_VERSION = "v1"
 URL_PREFIX = ""
+# The versions served (service/api/versioning.py). "1" is what Eve stores and serves
+# under /v1; another is a view of it: {"renamed": {resource: {v1 field: its name}},
+# "deprecated": "2027-01-01", "sunset": "2027-07-01"} (ISO dates, UTC; either marks
+# the version's answers with Deprecation and Sunset headers).
+API_VERSIONS = {"1": {}}
+# JSON only: Eve's XML renderer wrote field names as tags unescaped
+# (service/api/negotiation.py).
+RENDERERS = ["eve.render.JSONRenderer"]
 RESOURCE_METHODS = ["GET"]
 ITEM_METHODS = ["GET"]
 PAGINATION_DEFAULT = _int("SIBYL_PAGE_DEFAULT", 25)

@@ -3,7 +3,7 @@
 from eve import Eve
 
 import hooks
-from service.api import auth, errors, jobs, rate_limits, request_checks
+from service.api import auth, errors, jobs, negotiation, rate_limits, request_checks, versioning
 from service.api.health import health
 from service.api.keys import keys
 from service.api.validation import SibylValidator
@@ -30,6 +30,8 @@ def create_app(overrides: dict | None = None) -> Eve:
     )
     app.extensions["sibyl"] = Sibyl(app)
     errors.register(app)
+    versioning.register(app)
+    negotiation.register(app)
     auth.register_authentication(app)
     rate_limits.register(app)
     auth.register_authorization(app)

@@ -30,7 +30,7 @@ def not_found(error: NotFound):
         title = current_app.config["DOMAIN"][resource]["item_title"]
         item_id = next(iter((request.view_args or {}).values()), "")
         description = f"no {title} with id {item_id}"
-    elif request.url_rule is None:
+    elif request.url_rule is None and error.description == NotFound.description:
         description = f"no such route: {request.method} {request.path}"
     else:
         description = error.description

@@ -22,6 +22,7 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMe
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
+from service.api.versioning import API_VERSION
 from service.errors import Rejected
 
 # page and max_results: ASCII digits (str.isdigit takes "²"), a bound Eve's
@@ -60,6 +61,11 @@ LOGICAL_OPERATORS = ("$and", "$or", "$nor")
 
 class SibylRequest(Request):
     """Flask's request, saying what is wrong with a malformed or too large body."""
+
+    @property
+    def api_version(self) -> str | None:
+        """The API version the request is served as (service/api/versioning.py)."""
+        return self.environ.get(API_VERSION)
 
     def on_json_loading_failed(self, e: ValueError | None):
         if e is None:

@@ -1,0 +1,65 @@
+"""Content negotiation, as Django REST Framework does it: one point picks what an answer
+is rendered as, from `?format=` or else the Accept header.
+
+The API renders JSON. Eve's XML renderer is off (settings.RENDERERS): it wrote field
+names as tag names unescaped, so its output could be malformed. An Accept the API
+cannot produce (`text/csv`, `application/xml`) is a 406 naming what it can, rather than
+JSON under a 200 the client did not ask for. Routes that serve files of their own type
+(a model's file, the API docs' assets) are not negotiated.
+"""
+
+from flask import Flask, abort, request
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.http import parse_accept_header, parse_options_header
+
+# What ?format= may name, and the media type each renders.
+FORMATS = {"json": "application/json"}
+# Endpoints (or blueprints) that answer with their own media types.
+NOT_NEGOTIATED = {"media", "static", "docs"}
+PARSED_ACCEPT = "sibyl.accept"  # environ: accept_header()'s result
+
+
+def register(app: Flask) -> None:
+    app.before_request(negotiate)
+
+
+def negotiate() -> None:
+    """406 when neither ?format= nor the Accept header names something the API renders."""
+    if request.endpoint in NOT_NEGOTIATED or request.blueprint in NOT_NEGOTIATED:
+        return
+    chosen = request.args.get("format")
+    if chosen is not None:
+        if chosen not in FORMATS:
+            abort(406, description=f"format={chosen!r}: the API renders {_offered()}")
+        return
+    accept, _ = accept_header()
+    if accept and accept.best_match(FORMATS.values()) is None:
+        abort(
+            406,
+            description=f"Accept: {request.headers['Accept']!r} names nothing the API "
+            f"renders; it renders {', '.join(FORMATS.values())} (or ask with {_offered()})",
+        )
+
+
+def accept_header() -> tuple[MIMEAccept, set[str]]:
+    """The Accept header's media ranges without their `version` parameter (matched on
+    type alone), and the versions they ask for (service/api/versioning.py); parsed once."""
+    parsed = request.environ.get(PARSED_ACCEPT)
+    if parsed is None:
+        parsed = request.environ[PARSED_ACCEPT] = _parse_accept(request.headers.get("Accept"))
+    return parsed
+
+
+def _parse_accept(header: str | None) -> tuple[MIMEAccept, set[str]]:
+    ranges, versions = [], set()
+    for value, quality in parse_accept_header(header):
+        mimetype, options = parse_options_header(value)
+        if "version" in options:
+            versions.add(options.pop("version"))
+        params = "".join(f"; {name}={option}" for name, option in options.items())
+        ranges.append((mimetype + params, quality))
+    return MIMEAccept(ranges), versions
+
+
+def _offered() -> str:
+    return " or ".join(f"format={name}" for name in FORMATS)
