@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench profile clean
+.PHONY: install browser run test screenshots lint format bench profile clean
 
 install: $(STAMP)
 
@@ -14,11 +14,19 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $(STAMP)
 
+# Debian's Chromium, which the browser tests drive (skipped when already there).
+browser:
+	.ci/install-browser
+
 run: install
 	$(PY) run.py serve
 
-test: install
+test: install browser
 	$(PY) -m pytest
+
+# The browsable API's pages, photographed by its browser tests, for the README.
+screenshots: install browser
+	SIBYL_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_browsable.py
 
 # Sibyl against three Flask baselines (same work, fast no record, tutorial), an expensive
 # CNN, the in-process limits and itself without access control (about 12 minutes).

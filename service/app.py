@@ -3,7 +3,16 @@
 from eve import Eve
 
 import hooks
-from service.api import auth, errors, jobs, negotiation, rate_limits, request_checks, versioning
+from service.api import (
+    auth,
+    browsable,
+    errors,
+    jobs,
+    negotiation,
+    rate_limits,
+    request_checks,
+    versioning,
+)
 from service.api.health import health
 from service.api.keys import keys
 from service.api.validation import SibylValidator
@@ -30,6 +39,7 @@ def create_app(overrides: dict | None = None) -> Eve:
     )
     app.extensions["sibyl"] = Sibyl(app)
     errors.register(app)
+    browsable.register(app)
     versioning.register(app)
     negotiation.register(app)
     auth.register_authentication(app)

@@ -1,7 +1,9 @@
 """Content negotiation, as Django REST Framework does it: one point picks what an answer
 is rendered as, from `?format=` or else the Accept header.
 
-The API renders JSON. Eve's XML renderer is off (settings.RENDERERS): it wrote field
+The API renders JSON, and HTML for a client that prefers it (a browser: the browsable
+API, service/api/browsable.py); JSON comes first, so `*/*` (curl, requests) gets JSON
+as before. Eve's XML renderer is off (settings.RENDERERS): it wrote field
 names as tag names unescaped, so its output could be malformed. An Accept the API
 cannot produce (`text/csv`, `application/xml`) is a 406 naming what it can, rather than
 JSON under a 200 the client did not ask for. Routes that serve files of their own type
@@ -12,10 +14,11 @@ from flask import Flask, abort, request
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header, parse_options_header
 
-# What ?format= may name, and the media type each renders.
-FORMATS = {"json": "application/json"}
+# What ?format= may name, and the media type each renders; the first is the default.
+FORMATS = {"json": "application/json", "html": "text/html"}
+MEDIA_TYPE = "sibyl.media_type"  # environ: the media type chosen
 # Endpoints (or blueprints) that answer with their own media types.
-NOT_NEGOTIATED = {"media", "static", "docs"}
+NOT_NEGOTIATED = {"media", "static", "docs", "browsable"}
 PARSED_ACCEPT = "sibyl.accept"  # environ: accept_header()'s result
 
 
@@ -24,21 +27,31 @@ def register(app: Flask) -> None:
 
 
 def negotiate() -> None:
-    """406 when neither ?format= nor the Accept header names something the API renders."""
+    """Choose the answer's media type; 406 when neither ?format= nor the Accept header
+    names one the API renders."""
     if request.endpoint in NOT_NEGOTIATED or request.blueprint in NOT_NEGOTIATED:
         return
     chosen = request.args.get("format")
     if chosen is not None:
         if chosen not in FORMATS:
             abort(406, description=f"format={chosen!r}: the API renders {_offered()}")
+        request.environ[MEDIA_TYPE] = FORMATS[chosen]
         return
     accept, _ = accept_header()
-    if accept and accept.best_match(FORMATS.values()) is None:
+    if not accept:
+        return
+    best = accept.best_match(FORMATS.values())
+    if best is None:
         abort(
             406,
             description=f"Accept: {request.headers['Accept']!r} names nothing the API "
             f"renders; it renders {', '.join(FORMATS.values())} (or ask with {_offered()})",
         )
+    request.environ[MEDIA_TYPE] = best
+
+
+def renders_html() -> bool:
+    return request.environ.get(MEDIA_TYPE) == FORMATS["html"]
 
 
 def accept_header() -> tuple[MIMEAccept, set[str]]:

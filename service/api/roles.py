@@ -42,6 +42,8 @@ ROUTE_RIGHTS: dict[tuple[str, str], str] = {
     ("health.readyz", "GET"): PUBLIC,
     ("home", "GET"): "browse",
     ("static", "GET"): "browse",
+    # The browsable API's stylesheet and script: a page without a key needs them too.
+    ("browsable.static", "GET"): PUBLIC,
     ("media", "GET"): "models:download",
     ("jobs|resource", "GET"): "jobs:read",
     ("jobs|resource", "POST"): "jobs:submit",
