@@ -82,6 +82,11 @@ def test_a_client_submits_a_job_and_follows_it_to_its_predictions(visit, live_se
     expect(page.locator("#answer")).to_contain_text('"setosa"')
     assert "/v1/predictions" in page.url
     shoot("predictions")
+    # Readable on a phone: nothing wider than the screen.
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    shoot("predictions-phone")
+    page.set_viewport_size({"width": 1280, "height": 860})
 
     # CSV rows are instances too; and the filter box finds the job by its tag.
     page.goto(live_server.url + "/v1/jobs")
