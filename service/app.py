@@ -9,6 +9,7 @@ from service.api import (
     errors,
     jobs,
     negotiation,
+    openapi,
     rate_limits,
     request_checks,
     versioning,
@@ -51,4 +52,5 @@ def create_app(overrides: dict | None = None) -> Eve:
     jobs.register(app)
     app.register_blueprint(health, url_prefix=app.api_prefix)
     app.register_blueprint(keys, url_prefix=app.api_prefix)
+    openapi.register(app)  # last: it describes every route registered before it
     return app

@@ -132,6 +132,10 @@ def test_an_admin_uploads_a_model_and_sees_its_signature(visit, live_server, mod
     expect(page.locator("#answer")).to_contain_text('"signature"')
     expect(page.locator("#answer")).to_contain_text('"float32"')
     shoot("model")
+    # Its file downloads with the key (a plain navigation would be a 401).
+    with page.expect_download() as download:
+        page.click("#answer a[href^='/v1/media/']")
+    assert Path(download.value.path()).read_bytes() == model_files["tiny"].read_bytes()
 
 
 def test_markup_in_data_shows_as_text(visit, live_server):
@@ -163,3 +167,21 @@ def test_pages_forbid_foreign_script_and_log_out_forgets_the_key(visit, live_ser
     page.click("#logout")
     expect(page.locator("#key-form")).to_be_visible()
     assert page.evaluate("sessionStorage.getItem('sibyl.key')") is None
+
+
+def test_swagger_ui_tries_an_endpoint_with_a_key(browser, live_server, demo_models, screenshots):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(live_server.url + "/v1/docs")
+    page.click("button.authorize")
+    page.fill(".modal-ux input", live_server.key("analyst"))
+    page.click(".modal-ux button.authorize")
+    page.click(".modal-ux button.btn-done")
+    operation = page.locator("#operations-models-get_models_resource")
+    operation.locator(".opblock-summary").click()
+    operation.locator("button.try-out__btn").click()
+    operation.locator("button.execute").click()
+    status = operation.locator(".live-responses-table tbody .response-col_status").first
+    expect(status).to_have_text("200")
+    expect(operation.locator(".live-responses-table")).to_contain_text('"iris"')
+    page.screenshot(path=screenshots / "docs.png")
+    page.close()

@@ -17,24 +17,54 @@ from eve.render import send_response
 from eve.utils import config
 from flask import Flask, abort, current_app, request
 
+from service.api.described import described
 from service.context import sibyl
 from service.errors import Rejected
 from service.store.data import request_identity
 
 RESOURCE = "jobs"
 ENDPOINT = "jobs|resource"  # Eve's endpoint name of the collection URL
+ITEM_ENDPOINT = "jobs|item_lookup"
+WAIT = {
+    "name": "wait",
+    "in": "query",
+    "description": "hold the answer up to this many seconds (capped by "
+    "SIBYL_MAX_REQUEST_WAIT_S) until the jobs have finished",
+    "schema": {"type": "number", "minimum": 0},
+}
 
 
 def register(app: Flask) -> None:
     """Answer POST /v1/jobs here; every other method stays Eve's."""
     eve_view = app.view_functions[ENDPOINT]
 
+    @described(
+        POST={
+            "summary": "Submit jobs: one object, or a list stored all together or not at all",
+            "parameters": [WAIT],
+            "responses": {
+                "201": {
+                    "description": "the job's meta fields and status; with ?wait=, once "
+                    "finished, the job with its `predictions` (without its inputs)",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Jobs"}}
+                    },
+                }
+            },
+        }
+    )
     def jobs_collection(**lookup):
         if request.method == "POST":
             return post_jobs()
         return eve_view(**lookup)
 
     app.view_functions[ENDPOINT] = jobs_collection
+    # GET /v1/jobs/<id>?wait= (hooks/jobs.py): the item view is Eve's, shared by every
+    # resource, so the description goes on the jobs' own reference to it.
+    item_view = app.view_functions[ITEM_ENDPOINT]
+    app.view_functions[ITEM_ENDPOINT] = described(GET={"parameters": [WAIT]})(
+        lambda **lookup: item_view(**lookup)
+    )
 
 
 def requested_wait() -> float:

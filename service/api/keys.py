@@ -10,6 +10,7 @@ from eve.endpoints import error_endpoint
 from flask import Blueprint, abort, jsonify, request
 from werkzeug.exceptions import NotFound, UnsupportedMediaType
 
+from service.api.described import described, json_body
 from service.api.request_checks import storable_text
 from service.context import sibyl
 from service.errors import InvalidField, Rejected
@@ -18,6 +19,27 @@ from service.store.keys import ROLES
 keys = Blueprint("keys", __name__)
 
 NAME_MAX = 100
+KEY = {
+    "type": "object",
+    "properties": {
+        "_id": {"type": "string"},
+        "role": {"enum": list(ROLES)},
+        "name": {"type": "string"},
+        "owner": {"type": "string"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "revoked_at": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
+NEW_KEY = {
+    "type": "object",
+    "required": ["role", "name"],
+    "additionalProperties": False,
+    "properties": {
+        "role": {"enum": list(ROLES)},
+        "name": {"type": "string", "minLength": 1, "maxLength": NAME_MAX},
+        "owner": {"type": "string", "minLength": 1, "maxLength": NAME_MAX},
+    },
+}
 
 
 def _public(document: dict) -> dict:
@@ -30,11 +52,20 @@ def _public(document: dict) -> dict:
 
 
 @keys.get("/keys")
+@described(
+    summary="List the API keys (revoked ones too, never their hashes)",
+    responses={
+        "200": json_body(
+            {"type": "object", "properties": {"_items": {"type": "array", "items": KEY}}}
+        )
+    },
+)
 def list_keys():
     return jsonify({"_items": [_public(key) for key in sibyl().keys.list()]})
 
 
 @keys.get("/keys/<key_id>")
+@described(summary="One API key", responses={"200": json_body(KEY)})
 def get_key(key_id: str):
     document = sibyl().keys.get(key_id)
     if document is None:
@@ -43,6 +74,13 @@ def get_key(key_id: str):
 
 
 @keys.post("/keys")
+@described(
+    summary="Make a key; the answer holds the key itself, shown this once",
+    requestBody={"required": True, "content": {"application/json": {"schema": NEW_KEY}}},
+    responses={
+        "201": json_body({**KEY, "properties": {**KEY["properties"], "key": {"type": "string"}}})
+    },
+)
 def create_key():
     """{"role": "client", "name": "alice", "owner": "alice"} → 201 with the key, shown once."""
     if not request.is_json:
@@ -75,6 +113,7 @@ def create_key():
 
 
 @keys.delete("/keys/<key_id>")
+@described(summary="Revoke a key", responses={"204": {"description": "revoked"}})
 def revoke_key(key_id: str):
     """Revoke a key: it stops working at once here, within KEY_CACHE_SECONDS elsewhere."""
     service = sibyl().keys

@@ -44,6 +44,10 @@ ROUTE_RIGHTS: dict[tuple[str, str], str] = {
     ("static", "GET"): "browse",
     # The browsable API's stylesheet and script: a page without a key needs them too.
     ("browsable.static", "GET"): PUBLIC,
+    # The API's description: what the routes are is no secret.
+    ("openapi.openapi_document", "GET"): PUBLIC,
+    ("docs.docs_page", "GET"): PUBLIC,
+    ("docs.docs_asset", "GET"): PUBLIC,
     ("media", "GET"): "models:download",
     ("jobs|resource", "GET"): "jobs:read",
     ("jobs|resource", "POST"): "jobs:submit",

@@ -193,6 +193,21 @@ async function onClick(event) {
     return;
   }
   const anchor = target.closest("a");
+  if (anchor && anchor.origin === location.origin && anchor.pathname.startsWith("/v1/media/")) {
+    // A model's file: downloaded with the key, which a plain navigation would not send.
+    event.preventDefault();
+    const response = await fetch(anchor.href, { headers: headers({}) });
+    if (!response.ok) {
+      show(response.status, await response.json().catch(() => null));
+      return;
+    }
+    const save = document.createElement("a");
+    save.href = URL.createObjectURL(await response.blob());
+    save.download = anchor.pathname.split("/").pop();
+    save.click();
+    URL.revokeObjectURL(save.href);
+    return;
+  }
   if (anchor && anchor.origin === location.origin && anchor.pathname.startsWith("/v1/")
       && !anchor.dataset.plain && !event.ctrlKey && !event.metaKey) {
     event.preventDefault();
