@@ -179,3 +179,13 @@ def test_checks_that_cost_nothing_come_before_the_sandboxed_child(
     assert field in response.json()["_issues"]
     assert started == []  # no model was loaded for a request refused anyway
     assert db.models.count_documents({}) == 0
+
+
+@pytest.mark.parametrize(
+    "description", ['the "best" one', "a\\b", "tab\there", "\x11", "42", '"quoted"', "null"]
+)
+def test_an_upload_description_is_any_text(api, model_files, description):
+    # Eve's JSON decoding of form fields once answered these with a 500 (test_fuzz).
+    response = upload_model(api, "tiny", model_files["tiny"], description=description)
+    assert response.status_code == 201, response.text
+    assert api.get(f"/models/{response.json()['_id']}").json()["description"] == description

@@ -17,6 +17,7 @@ import flask_swagger_ui
 from flask import Blueprint, Flask, current_app, jsonify, render_template, send_from_directory
 
 from service.api.described import OPERATION, described
+from service.api.negotiation import NOT_NEGOTIATED
 from service.api.roles import PUBLIC, RIGHTS, ROUTE_RIGHTS
 
 openapi = Blueprint("openapi", __name__)
@@ -29,6 +30,8 @@ DOCS_POLICY = (
 )
 SKIPPED_METHODS = {"HEAD", "OPTIONS"}
 JSON = "application/json"
+HTML = "text/html"
+PAGE = {"schema": {"type": "string", "description": "the browsable API's page of the answer"}}
 
 
 def register(app: Flask) -> None:
@@ -114,10 +117,11 @@ def build(app: Flask) -> dict:
                     + f"\n\nNeeds `{right}` (roles: {', '.join(roles)})."
                 ).strip()
             parameters = [*path_parameters(rule), *operation.get("parameters", [])]
-            parameters += [
-                {"$ref": "#/components/parameters/version"},
-                {"$ref": "#/components/parameters/format"},
-            ]
+            parameters.append({"$ref": "#/components/parameters/version"})
+            negotiated = not ({rule.endpoint, tag_of(rule.endpoint)} & NOT_NEGOTIATED)
+            if negotiated:
+                parameters.append({"$ref": "#/components/parameters/format"})
+                add_pages(operation)
             operation["parameters"] = parameters
             add_errors(operation, method, right)
             document["paths"].setdefault(path, {})[method.lower()] = operation
@@ -242,6 +246,14 @@ def page_of(item: dict) -> dict:
     }
 
 
+def add_pages(operation: dict) -> None:
+    """A negotiated answer is also a page of the browsable API (service/api/browsable.py)."""
+    for response in operation["responses"].values():
+        content = response.get("content", {})
+        if JSON in content:
+            content.setdefault(HTML, PAGE)
+
+
 def has_media(resource: dict) -> bool:
     return any(rule.get("type") == "media" for rule in resource["schema"].values())
 
@@ -275,6 +287,17 @@ TYPES = {
     "objectid": {"type": "string", "pattern": "^[0-9a-f]{24}$"},
     "media": {"type": "string", "format": "binary"},
 }
+# A stored file as answered (EXTENDED_MEDIA_INFO, RETURN_MEDIA_AS_URL).
+MEDIA_INFO = {
+    "type": "object",
+    "readOnly": True,
+    "properties": {
+        "file": {"type": "string", "description": "the URL that downloads it"},
+        "name": {"type": ["string", "null"]},
+        "content_type": {"type": ["string", "null"]},
+        "length": {"type": "integer"},
+    },
+}
 META = {
     "_id": {"type": "string", "pattern": "^[0-9a-f]{24}$", "readOnly": True},
     "_created": {"type": "string", "format": "date-time", "readOnly": True},
@@ -292,10 +315,10 @@ def schema_name(resource: str) -> str:
 def resource_schemas(name: str, resource: dict) -> dict:
     """The resource as answered (every field, read-only ones marked) and as written."""
     fields = resource["schema"]
-    read = {
-        "type": "object",
-        "properties": {**META, **{f: field_schema(r) for f, r in fields.items()}},
+    answered = {
+        f: MEDIA_INFO if r.get("type") == "media" else field_schema(r) for f, r in fields.items()
     }
+    read = {"type": "object", "properties": {**META, **answered}}
     return {schema_name(name): read, f"{schema_name(name)}Write": write_schema(resource)}
 
 
@@ -451,7 +474,8 @@ ERROR_RESPONSES = {
                     "$ref": "#/components/schemas/"
                     + ("ValidationError" if name == "Unprocessable" else "Error")
                 }
-            }
+            },
+            HTML: PAGE,
         },
     }
     for name in ERROR_CODES
