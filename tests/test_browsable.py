@@ -44,8 +44,8 @@ def visit(browser, live_server, api, demo_models, screenshots):
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
 
-    def log_in(path: str, key: str) -> None:
-        page.goto(live_server.url + path)
+    def log_in(path: str, key: str, server=live_server) -> None:
+        page.goto(server.url + path)
         expect(page.locator("#key-form")).to_be_visible()
         page.fill("#key-form input[name=key]", key)
         page.click("#key-form button")
@@ -100,6 +100,31 @@ def test_a_client_submits_a_job_and_follows_it_to_its_predictions(visit, live_se
     page.click("#filter-form button")
     expect(page.locator("#answer")).to_contain_text('"browser"')
     assert page.locator("#answer").inner_text().count('"status": "succeeded"') == 1
+
+
+def test_a_job_page_follows_a_queued_job_until_it_finishes(
+    visit, queueing_server, queue_api, queue_demo_models, start_worker
+):
+    # The queueing app only queues: the job waits for a worker, started once the page is open.
+    page, log_in, shoot = visit
+    job = queue_api.post("/jobs", json={"model": "iris", "inputs": json.loads(SETOSA) * 3}).json()
+    assert job["status"] == "queued"
+    log_in(f"/v1/jobs/{job['_id']}", queueing_server.key("admin"), server=queueing_server)
+    expect(page.locator("#job-status")).to_have_text("queued")
+    expect(page.locator(".live")).to_be_visible()
+    page.evaluate("window.notReloaded = true")
+    shoot("job-queued")
+
+    start_worker()
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=90_000)
+    expect(page.locator("#job-progress")).to_have_attribute("value", "3")
+    expect(page.locator(".live")).to_have_count(0)
+    assert page.evaluate("window.notReloaded") is True  # updated in place, not reloaded
+    assert page.url.endswith(f"/v1/jobs/{job['_id']}")  # the polling ?wait= is not kept
+    page.click("#predictions-link")
+    expect(page.locator("#answer")).to_contain_text('"setosa"')
+    assert "/v1/predictions" in page.url
+    assert page.locator("#answer").inner_text().count('"setosa"') == 3
 
 
 def test_a_client_sees_no_upload_form_nor_other_owners_jobs(visit, live_server, api):
