@@ -5,6 +5,13 @@ its own shape (service/api/errors.py renders Eve's).
 """
 
 
+def echoed(value: str, limit: int = 60) -> str:
+    """A client's value quoted in an error message, cut short: enough to recognise it,
+    not a way to make the service repeat kilobytes of whatever a caller sends."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class SibylError(Exception):
     """An error a client caused or must know about; status is its HTTP status."""
 

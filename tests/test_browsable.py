@@ -182,6 +182,28 @@ def test_markup_in_data_shows_as_text(visit, live_server):
     expect(page.locator("#answer")).to_contain_text('"fixed"')
 
 
+def test_a_link_in_data_cannot_make_a_page_of_it(visit, live_server, api):
+    # A client's tag links to an answer that repeats markup (a 406 quoting ?format=):
+    # were it parsed as a page, its body's data-url and armed button would turn an
+    # admin's next click into a DELETE of a key, sent with the admin's key.
+    page, log_in, _ = visit
+    victim = api.post("/keys", json={"role": "analyst", "name": "victim"}).json()["_id"]
+    bait = (
+        f"/v1/jobs?format=<body data-url=/v1/keys/{victim} data-etag=x>"
+        "<button id=delete data-armed=true>Show this job</button>"
+    )
+    client = live_server.api("client", "mallory")
+    job = client.post(
+        "/jobs?wait=30", json={"model": "iris", "inputs": [[1, 2, 3, 4]], "tags": {"see": bait}}
+    ).json()
+    log_in(f"/v1/jobs/{job['_id']}", live_server.key("admin"))
+    page.click("#answer a[href*='format=']")
+    expect(page.locator("h1")).to_have_text("jobs")  # the jobs page, ?format= dropped
+    assert page.evaluate("document.body.dataset.url") == "/v1/jobs"
+    expect(page.locator("#delete")).to_have_count(0)
+    assert api.get(f"/keys/{victim}").json()["revoked"] is False
+
+
 def test_pages_forbid_foreign_script_and_log_out_forgets_the_key(visit, live_server):
     page, log_in, _ = visit
     response = page.goto(live_server.url + "/v1/models")

@@ -134,3 +134,9 @@ def test_swagger_ui_is_served_from_local_files(live_server):
         assert asset.status_code == 200, source
         assert asset.headers["Content-Type"].split(";")[0] in ("text/javascript", "text/css")
     assert "/v1/openapi.json" in page.text
+    # The package's other files (an OAuth redirect page among them) are not served.
+    for other in ("oauth2-redirect.html", "index.css"):
+        hidden = requests.get(live_server.url + "/v1/docs/assets/" + other, timeout=10)
+        assert hidden.status_code == 404, other
+    outside = requests.get(live_server.url + "/v1/docs/assets/..%2F__init__.py", timeout=10)
+    assert outside.status_code >= 400 and "import" not in outside.text

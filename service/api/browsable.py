@@ -33,6 +33,7 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
+PAGE_HEADER = "X-Sibyl-Page"
 FINAL_STATUSES = ("succeeded", "failed")
 METHOD_ORDER = ("GET", "POST", "PATCH", "DELETE")
 
@@ -56,7 +57,8 @@ def render_html(response: Response) -> Response:
     response.headers.pop("ETag", None)
     response.headers["Cache-Control"] = "no-store"
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-    response.headers["Vary"] = "Accept"
+    response.vary.add("Accept")
+    response.headers[PAGE_HEADER] = "1"  # what browsable.js puts in place: nothing else
     return response
 
 

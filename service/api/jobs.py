@@ -19,7 +19,7 @@ from flask import Flask, abort, current_app, request
 
 from service.api.described import described
 from service.context import sibyl
-from service.errors import Rejected
+from service.errors import Rejected, echoed
 from service.store.data import request_identity
 
 RESOURCE = "jobs"
@@ -77,7 +77,7 @@ def requested_wait() -> float:
     except ValueError:
         seconds = -1.0
     if not 0 <= seconds < float("inf"):
-        abort(400, description=f"wait must be a number of seconds, got {raw!r}")
+        abort(400, description=f"wait must be a number of seconds, got {echoed(raw)}")
     return min(seconds, current_app.config["MAX_REQUEST_WAIT_S"])
 
 

@@ -10,9 +10,11 @@ JSON under a 200 the client did not ask for. Routes that serve files of their ow
 (a model's file, the API docs' assets) are not negotiated.
 """
 
-from flask import Flask, abort, request
+from flask import Flask, Response, abort, request
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header, parse_options_header
+
+from service.errors import echoed
 
 # What ?format= may name, and the media type each renders; the first is the default.
 FORMATS = {"json": "application/json", "html": "text/html"}
@@ -24,6 +26,16 @@ PARSED_ACCEPT = "sibyl.accept"  # environ: accept_header()'s result
 
 def register(app: Flask) -> None:
     app.before_request(negotiate)
+    app.after_request(mark_negotiated)
+
+
+def mark_negotiated(response: Response) -> Response:
+    """Say that an answer depends on Accept (caches keep a page and its JSON apart), and
+    that its Content-Type is meant: a browser sniffs no JSON string into a page."""
+    if not (request.endpoint in NOT_NEGOTIATED or request.blueprint in NOT_NEGOTIATED):
+        response.vary.add("Accept")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 def negotiate() -> None:
@@ -34,7 +46,7 @@ def negotiate() -> None:
     chosen = request.args.get("format")
     if chosen is not None:
         if chosen not in FORMATS:
-            abort(406, description=f"format={chosen!r}: the API renders {_offered()}")
+            abort(406, description=f"format={echoed(chosen)}: the API renders {_offered()}")
         request.environ[MEDIA_TYPE] = FORMATS[chosen]
         return
     accept, _ = accept_header()
@@ -44,7 +56,7 @@ def negotiate() -> None:
     if best is None:
         abort(
             406,
-            description=f"Accept: {request.headers['Accept']!r} names nothing the API "
+            description=f"Accept: {echoed(request.headers['Accept'])} names nothing the API "
             f"renders; it renders {', '.join(FORMATS.values())} (or ask with {_offered()})",
         )
     request.environ[MEDIA_TYPE] = best
@@ -55,8 +67,9 @@ def renders_html() -> bool:
 
 
 def accept_header() -> tuple[MIMEAccept, set[str]]:
-    """The Accept header's media ranges without their `version` parameter (matched on
-    type alone), and the versions they ask for (service/api/versioning.py); parsed once."""
+    """The Accept header's media ranges without their parameters (matched on type alone:
+    `application/json; charset=utf-8` is JSON), and the versions they ask for
+    (service/api/versioning.py); parsed once."""
     parsed = request.environ.get(PARSED_ACCEPT)
     if parsed is None:
         parsed = request.environ[PARSED_ACCEPT] = _parse_accept(request.headers.get("Accept"))
@@ -68,9 +81,8 @@ def _parse_accept(header: str | None) -> tuple[MIMEAccept, set[str]]:
     for value, quality in parse_accept_header(header):
         mimetype, options = parse_options_header(value)
         if "version" in options:
-            versions.add(options.pop("version"))
-        params = "".join(f"; {name}={option}" for name, option in options.items())
-        ranges.append((mimetype + params, quality))
+            versions.add(options["version"])
+        ranges.append((mimetype, quality))
     return MIMEAccept(ranges), versions
 
 

@@ -14,11 +14,20 @@ import re
 from pathlib import Path
 
 import flask_swagger_ui
-from flask import Blueprint, Flask, current_app, jsonify, render_template, send_from_directory
+from flask import (
+    Blueprint,
+    Flask,
+    abort,
+    current_app,
+    jsonify,
+    render_template,
+    send_from_directory,
+)
 
 from service.api.described import OPERATION, described
 from service.api.negotiation import NOT_NEGOTIATED
 from service.api.roles import PUBLIC, RIGHTS, ROUTE_RIGHTS
+from service.errors import echoed
 
 openapi = Blueprint("openapi", __name__)
 docs = Blueprint("docs", __name__)
@@ -28,6 +37,7 @@ DOCS_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; connect-src 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
+DOCS_ASSETS = {"swagger-ui.css", "swagger-ui-bundle.js"}
 SKIPPED_METHODS = {"HEAD", "OPTIONS"}
 JSON = "application/json"
 HTML = "text/html"
@@ -65,9 +75,13 @@ def docs_page():
     return response
 
 
-@docs.get("/docs/assets/<path:filename>")
+@docs.get("/docs/assets/<filename>")
 @described(summary="Swagger UI's files", security=[], responses={"200": {"description": "a file"}})
 def docs_asset(filename: str):
+    """Only the two files the docs page loads (the package has others, such as an OAuth
+    redirect page, that are not Sibyl's to serve)."""
+    if filename not in DOCS_ASSETS:
+        abort(404, description=f"no such file of the API docs: {echoed(filename)}")
     return send_from_directory(SWAGGER_UI, filename)
 
 

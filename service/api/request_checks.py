@@ -24,7 +24,7 @@ from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
 from service.api.versioning import API_VERSION
-from service.errors import Rejected
+from service.errors import Rejected, echoed
 
 # page and max_results: ASCII digits (str.isdigit takes "²"), a bound Eve's
 # arithmetic and MongoDB's 64-bit skip are safe with.
@@ -313,7 +313,7 @@ def check_query_args() -> None:
             abort(
                 400,
                 description=f"{name} must be a positive whole number up to {MAX_PAGE_ARG}, "
-                f"got {raw!r}",
+                f"got {echoed(raw)}",
             )
 
 
@@ -350,9 +350,9 @@ def check_where(
             if not _covered(field, filterable):
                 abort(
                     400,
-                    description=f"where: filtering on {field!r} is not allowed; fields that may "
-                    f"be filtered on: {', '.join(filterable)} (and their sub-fields, such as "
-                    "tags.<name>)",
+                    description=f"where: filtering on {echoed(field)} is not allowed; fields "
+                    f"that may be filtered on: {', '.join(filterable)} (and their sub-fields, "
+                    "such as tags.<name>)",
                 )
     number = unstorable_value(query)
     if number:
@@ -383,8 +383,8 @@ def check_sort(raw: str, sortable: list[str] | None = None) -> None:
         if sortable is not None and name not in sortable:
             abort(
                 400,
-                description=f"sort: sorting on {name!r} is not allowed (only on fields an index "
-                f"serves); sort on {', '.join(sortable)}",
+                description=f"sort: sorting on {echoed(name)} is not allowed (only on fields "
+                f"an index serves); sort on {', '.join(sortable)}",
             )
 
 
@@ -412,7 +412,7 @@ def _filtered_fields(query: dict) -> set[str]:
     while stack:
         for key, value in stack.pop().items():
             if not isinstance(key, str):
-                abort(400, description=f"where: a field name must be a string, got {key!r}")
+                abort(400, description=f"where: a field name must be a string, got {echoed(key)}")
             if key in LOGICAL_OPERATORS:
                 if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
                     abort(400, description=f"where: {key} takes a list of filters (objects)")

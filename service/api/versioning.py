@@ -25,7 +25,7 @@ from flask import Flask, Response, abort, current_app, request
 from werkzeug.datastructures import ImmutableMultiDict
 
 from service.api.negotiation import accept_header
-from service.errors import Rejected
+from service.errors import Rejected, echoed
 
 URL_VERSION = "sibyl.url_version"  # environ: the version a /vN/ URL named
 API_VERSION = "sibyl.api_version"  # environ: the version the request is served as
@@ -128,17 +128,23 @@ def select_version() -> None:
     listed = ", ".join(versions)
     url_version = request.environ.get(URL_VERSION)
     if url_version is not None and url_version not in versions:
-        abort(404, description=f"API version {url_version!r} is not served; versions: {listed}")
+        abort(404, f"API version {echoed(url_version)} is not served; versions: {listed}")
+    if len(request.args.getlist("version")) > 1:
+        abort(400, description="?version= is given more than once")
     asked = request.args.get("version")
     if asked is not None and asked not in versions:
-        abort(404, description=f"version={asked!r} is not served; versions: {listed}")
+        abort(404, description=f"version={echoed(asked)} is not served; versions: {listed}")
     _, in_header = accept_header()
     unknown = sorted(in_header - set(versions))
     if unknown:
-        abort(406, description=f"Accept: version={unknown[0]!r} is not served; versions: {listed}")
+        abort(406, f"Accept: version={echoed(unknown[0])} is not served; versions: {listed}")
     if len(in_header) > 1 or (asked is not None and in_header and in_header != {asked}):
         abort(400, description="the version asked for in ?version= and Accept disagree")
     chosen = asked or next(iter(in_header), None) or url_version
+    if SENT_PATH in request.environ and chosen != url_version:
+        # /v1/ is the canonical URL, which ?version= or Accept may serve as another
+        # version; a /v2/ URL names its version, and nothing else may say otherwise.
+        abort(400, description=f"the URL names version {url_version}, the request {chosen}")
     if chosen is None:
         return  # not an API route (/static)
     request.environ[API_VERSION] = chosen
@@ -207,7 +213,9 @@ def _where(value: str, names: dict[str, str]) -> str:
         node = stack.pop()
         if isinstance(node, dict):
             _rename(node, names)
-            stack += [item for key in ("$and", "$or", "$nor") for item in node.get(key, [])]
+            for key in ("$and", "$or", "$nor"):
+                if isinstance(node.get(key), list):  # any other value: the checks' 400
+                    stack += node[key]
     return json.dumps(query)
 
 
@@ -226,8 +234,8 @@ def _sort(value: str, names: dict[str, str]) -> str:
     if value.lstrip().startswith("["):
         try:
             pairs = ast.literal_eval(value)
-            return repr([(_renamed(name, names), *rest) for name, *rest in pairs])
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return repr([(_renamed(str(name), names), *rest) for name, *rest in pairs])
+        except (ValueError, SyntaxError, TypeError, AttributeError, MemoryError, RecursionError):
             return value
     fields = []
     for name in value.split(","):

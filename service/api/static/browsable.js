@@ -14,7 +14,17 @@ function headers(extra) {
 }
 
 async function load(url, push) {
+  // Only Sibyl's own pages are put in place (X-Sibyl-Page): an answer of any other kind
+  // (JSON, whose strings a caller wrote, or a file) is shown as text, never parsed as a
+  // page. ?format= is dropped so that Accept asks for the page.
+  const target = new URL(url, location.href);
+  target.searchParams.delete("format");
+  url = target.pathname + target.search;
   const response = await fetch(url, { headers: headers({ Accept: "text/html" }) });
+  if (response.headers.get("X-Sibyl-Page") !== "1") {
+    show(response.status, await response.json().catch(() => null));
+    return;
+  }
   const page = new DOMParser().parseFromString(await response.text(), "text/html");
   document.title = page.title;
   document.body.replaceWith(page.body);
