@@ -1,11 +1,11 @@
 """`make profile`: where Sibyl's time goes under load, sampled with py-spy.
 
 Starts Sibyl as `make bench` does, loads it with single-instance jobs at 32 clients
-(POST /v1/jobs?wait=30, a client key), and samples the API worker and the database
+(POST /v1/jobs?wait=30, a client key; --clients), and samples the API worker and the database
 process with `py-spy record --gil` (only the thread holding the GIL: the Python work
 that limits a process), then prints each one's functions by inclusive share.
 
-    python -m bench.profile [--model iris|digits|cnn] [--seconds 12] [--top 40]
+    python -m bench.profile [--model iris|digits|cnn] [--clients 32] [--seconds 12] [--top 40]
 
 docs/PERFORMANCE.md keeps the top lines of the latest profiles.
 """
@@ -66,6 +66,7 @@ def job_bodies(sibyl, model: str, key: str):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="iris", choices=["iris", "digits", CNN])
+    parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=int, default=12)
     parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args(argv)
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         key = make_key(sibyl, "client")
         body = job_bodies(sibyl, args.model, key)
         url = sibyl.url + "/v1/jobs?wait=30"
-        load = dict(is_success=succeeded, headers=bearer(key), concurrency=32)
+        load = dict(is_success=succeeded, headers=bearer(key), concurrency=args.clients)
         run_load(url, body, max_requests=300, max_seconds=4, **load)  # warm
         tree = process_tree(sibyl.process.pid)
         database = [pid for pid in tree if "secantus" in command_line(pid)]
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         sibyl.stop()
     summary = result.summary()
     print(
-        f"{args.model}, 32 clients: {summary['throughput_per_s']} jobs/s, "
+        f"{args.model}, {args.clients} clients: {summary['throughput_per_s']} jobs/s, "
         f"p50 {summary['p50_ms']} ms (py-spy --gil, {args.seconds} s; {ROOT.name})"
     )
     for name, (_, out) in outputs.items():
