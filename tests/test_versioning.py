@@ -107,6 +107,20 @@ def test_a_field_under_its_version_1_name_is_unknown_in_version_2(server, db):
     assert refused.status_code == 422
     assert refused.json()["_issues"] == {"model": "unknown field (version 2 calls it model_name)"}
     assert db.jobs.count_documents({}) == 0
+    # In a query too: where, projection and sort.
+    for name, value, field, calls in [
+        ("where", '{"tags.t": "y"}', "tags", "labels"),
+        ("where", '{"$or": [{"model": "iris"}]}', "model", "model_name"),
+        ("projection", '{"status": 1}', "status", "state"),
+        ("sort", "-status", "status", "state"),
+        ("sort", '[("status", 1)]', "status", "state"),
+    ]:
+        answer = get(server, "/v2/jobs", params={name: value})
+        assert answer.status_code == 400, (name, value, answer.text)
+        assert answer.json()["_error"]["message"] == (
+            f"{name}: unknown field {field!r} (version 2 calls it {calls})"
+        )
+        assert get(server, "/v1/jobs", params={name: value}).status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -180,9 +180,13 @@ def _translate_request(names: dict[str, str]) -> None:
             if isinstance(document, dict):
                 _rename(document, to_stored)
     args = request.args.to_dict(flat=False)
+    query_names = QueryNames(
+        to_stored, {old: new for old, new in names.items() if old not in to_stored}
+    )
     for name, translate in (("where", _where), ("projection", _keys), ("sort", _sort)):
         if name in args:
-            args[name] = [translate(value, to_stored) for value in args[name]]
+            query_names.argument = name
+            args[name] = [translate(value, query_names) for value in args[name]]
     request.__dict__["args"] = ImmutableMultiDict(args)
 
 
@@ -196,8 +200,24 @@ def _rename(document: dict, names: dict[str, str]) -> None:
     document.update(items)
 
 
+class QueryNames(dict):
+    """A version's names → version 1's, for a query: a version-1 name that this version
+    calls otherwise is refused (400), as it is in a body (422)."""
+
+    def __init__(self, to_stored: dict[str, str], refused: dict[str, str]):
+        super().__init__(to_stored)
+        self.refused, self.argument = refused, ""
+
+
 def _renamed(key: str, names: dict[str, str]) -> str:
     field, dot, rest = key.partition(".")
+    refused = getattr(names, "refused", {})
+    if field in refused:
+        abort(
+            400,
+            f"{names.argument}: unknown field {echoed(field)} "
+            f"(version {request.api_version} calls it {refused[field]})",
+        )
     return names[field] + dot + rest if field in names else key
 
 
