@@ -495,59 +495,43 @@ ERROR_RESPONSES = {
     for name in ERROR_CODES
 }
 LIST_PARAMETERS = ["where", "sort", "projection", "page", "max_results", "embedded"]
+
+
+def query_parameter(name: str, schema: dict, description: str | None = None) -> dict:
+    parameter = {"name": name, "in": "query", "schema": schema}
+    if description:
+        parameter["description"] = description
+    return parameter
+
+
+TEXT = {"type": "string"}
+PAGE_NUMBER = {"type": "integer", "minimum": 1, "maximum": 1_000_000_000}
 COMMON_PARAMETERS = {
-    "where": {
-        "name": "where",
-        "in": "query",
-        "description": "a MongoDB filter as JSON on the fields the resource lists: "
-        '{"status": "succeeded"}',
-        "schema": {"type": "string"},
-    },
-    "sort": {
-        "name": "sort",
-        "in": "query",
-        "description": "fields an index serves, `-` for descending: -_created",
-        "schema": {"type": "string"},
-    },
-    "projection": {
-        "name": "projection",
-        "in": "query",
-        "description": 'fields to include (1) or exclude (0), as JSON: {"inputs": 0}',
-        "schema": {"type": "string"},
-    },
-    "page": {
-        "name": "page",
-        "in": "query",
-        "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000},
-    },
-    "max_results": {
-        "name": "max_results",
-        "in": "query",
-        "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000},
-    },
-    "embedded": {
-        "name": "embedded",
-        "in": "query",
-        "description": "data relations to embed, as JSON",
-        "schema": {"type": "string"},
-    },
+    "where": query_parameter(
+        "where",
+        TEXT,
+        'a MongoDB filter as JSON on the fields the resource lists: {"status": "succeeded"}',
+    ),
+    "sort": query_parameter("sort", TEXT, "fields an index serves, `-` for descending: -_created"),
+    "projection": query_parameter(
+        "projection", TEXT, 'fields to include (1) or exclude (0), as JSON: {"inputs": 0}'
+    ),
+    "page": query_parameter("page", PAGE_NUMBER),
+    "max_results": query_parameter("max_results", PAGE_NUMBER),
+    "embedded": query_parameter("embedded", TEXT, "data relations to embed, as JSON"),
     "If-Match": {
         "name": "If-Match",
         "in": "header",
         "required": True,
         "description": "the item's current ETag (from a GET)",
-        "schema": {"type": "string"},
+        "schema": TEXT,
     },
-    "version": {
-        "name": "version",
-        "in": "query",
-        "description": "the API version to serve (also `Accept: application/json; version=N`)",
-        "schema": {"type": "string"},
-    },
-    "format": {
-        "name": "format",
-        "in": "query",
-        "description": "json, or html (the browsable API); overrides Accept",
-        "schema": {"type": "string", "enum": ["json", "html"]},
-    },
+    "version": query_parameter(
+        "version", TEXT, "the API version to serve (also `Accept: application/json; version=N`)"
+    ),
+    "format": query_parameter(
+        "format",
+        {"type": "string", "enum": ["json", "html"]},
+        "json, or html (the browsable API); overrides Accept",
+    ),
 }
