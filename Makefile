@@ -8,8 +8,10 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-# Reinstall only when requirements.txt changed since the last install.
+# Reinstall only when requirements.txt changed since the last install. libseccomp2
+# (Debian) is what the model runners' seccomp filter loads.
 $(STAMP): requirements.txt
+	.ci/install-libseccomp
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $(STAMP)

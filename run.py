@@ -152,6 +152,25 @@ def database_uri() -> str:
     return EMBEDDED_URI_FILE.read_text().strip()
 
 
+def check_confinement() -> None:
+    """Say at start-up what confines the model runners here; stop when one is missing
+    and SIBYL_RUNNER_CONFINEMENT is required (no model could load)."""
+    from service.registry import confine
+
+    missing = {name: why for name, why in confine.support().items() if why is not True}
+    if not missing:
+        log.info("model runners confined by Landlock, seccomp and a network namespace")
+        return
+    lacking = "; ".join(f"{name}: {why}" for name, why in missing.items())
+    if settings.RUNNER_CONFINEMENT == "required":
+        raise SystemExit(
+            f"this machine cannot confine model runners ({lacking}); "
+            "set SIBYL_RUNNER_CONFINEMENT=best-effort to run models with what it offers "
+            "(README, Hostile models)"
+        )
+    log.warning("model runners are not confined by: %s", lacking)
+
+
 def redact(uri: str) -> str:
     """Hide the password in a MongoDB URI before logging it."""
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", uri)
@@ -170,6 +189,7 @@ def serve(args: argparse.Namespace) -> None:
     else:
         log.info("MongoDB at %s", redact(mongo_uri))
     log.info("inference: %s", settings.INFERENCE)
+    check_confinement()
     options = {
         "bind": f"{settings.HOST}:{settings.PORT}",
         "workers": settings.WEB_WORKERS,
@@ -211,6 +231,7 @@ def worker(args: argparse.Namespace) -> None:
 
     mongo_uri = database_uri()
     log.info("worker on %s", redact(mongo_uri))
+    check_confinement()
     runner = Worker(Store(database_of(mongo_uri)), load_settings())
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: runner.stop())

@@ -215,14 +215,31 @@ POLL_SECONDS = float(_int("SIBYL_POLL_MS", 1000)) / 1000
 MODEL_LOOKUP_TTL_S = float(_int("SIBYL_MODEL_LOOKUP_TTL_MS", 1000)) / 1000
 # Longest ?wait= a request may hold a connection for.
 MAX_REQUEST_WAIT_S = _int("SIBYL_MAX_REQUEST_WAIT_S", 30)
+# Requests of one process that may wait at once (?wait=) longer than a second: each
+# holds a request thread, so the rest stay free for everyone else; past it a request
+# waits at most a second (service/jobs/service.py UNSLOTTED_WAIT_S).
+MAX_WAITING_REQUESTS = _int("SIBYL_MAX_WAITING_REQUESTS", max(1, WEB_THREADS // 2))
 # Loaded models kept per process (least recently used dropped first), and where
 # their files are copied from GridFS.
 MODEL_CACHE_SIZE = _int("SIBYL_MODEL_CACHE_SIZE", 8)
 MODEL_CACHE_DIR = os.environ.get("SIBYL_MODEL_CACHE_DIR", "var/models")
-# Uploaded models are loaded in a child process under these limits.
+# Models run only in runner processes the operating system confines (README,
+# "Hostile models"): one per model version, loaded within MODEL_LOAD_TIMEOUT_S,
+# its address space capped at RUNNER_MEMORY_MB, restarted once it holds more than
+# RUNNER_RECYCLE_MB after a call. A model call is killed past MODEL_CALL_TIMEOUT_S,
+# plus ten times the time its upload's test call took per row, times the batch's rows.
 MAX_MODEL_BYTES = _int("SIBYL_MAX_MODEL_BYTES", 64 * 1024 * 1024)
 MODEL_LOAD_TIMEOUT_S = _int("SIBYL_MODEL_LOAD_TIMEOUT_S", 60)
-MODEL_LOAD_MEMORY_MB = _int("SIBYL_MODEL_LOAD_MEMORY_MB", 4096)
+RUNNER_MEMORY_MB = _int("SIBYL_RUNNER_MEMORY_MB", 4096)
+RUNNER_RECYCLE_MB = _int("SIBYL_RUNNER_RECYCLE_MB", 2048)
+MODEL_CALL_TIMEOUT_S = float(_int("SIBYL_MODEL_CALL_TIMEOUT_MS", 5000)) / 1000
+# required: a runner that cannot be confined by every mechanism (Landlock, seccomp,
+# network namespace) refuses to load its model; best-effort: it runs, and Sibyl logs
+# what is missing at start-up and on each runner's start.
+RUNNER_CONFINEMENT = _choice("SIBYL_RUNNER_CONFINEMENT", "required", ("required", "best-effort"))
+# Tests only: skip the static scan of uploads, to show what the runner's confinement
+# holds on its own. Not read from the environment.
+STATIC_SCAN = True
 # Register the iris and digits demo models on first start (run.py serve).
 DEMO_MODELS = os.environ.get("SIBYL_DEMO_MODELS", "1") not in ("0", "false", "no")
 

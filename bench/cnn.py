@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from service.registry.runner import sample_batch
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # EfficientNet-B0's stages: (expansion, output channels, blocks, first stride, kernel).
@@ -96,7 +98,7 @@ def call_costs(path: Path, calls: int = 20) -> dict:
     model = CompiledModel(str(path), "keras")
     costs = {}
     for size in (1, 32):
-        batch = model.sample_batch(size)
+        batch = sample_batch(model.inputs, size)
         model.predict(batch)  # trace and warm
         rounds = []
         for _ in range(3):

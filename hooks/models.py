@@ -27,6 +27,7 @@ def on_insert_models(items: list[dict]) -> None:
             version=model_store.next_version(store, model["name"]),
             format=inspection["format"],
             signature=inspection["signature"],
+            test_call_ms=inspection["test_call_ms"],
             status="ready",
             **model_store.stage_of_new_version(store, model["name"], owner, model["_created"]),
         )

@@ -1,8 +1,8 @@
 """Schema fragments shared by the resources: statuses, owner, tags, tensors."""
 
-JOB_STATUSES = ["queued", "running", "succeeded", "failed"]
+JOB_STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE_STATUSES = ["queued", "running"]
-FINISHED_STATUSES = ["succeeded", "failed"]
+FINISHED_STATUSES = ["succeeded", "failed", "cancelled"]
 MODEL_STATUSES = ["ready", "rejected"]
 # The one stage a model version can be in (null otherwise): the version a job naming
 # the model without a version runs on. One per name.

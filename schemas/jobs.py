@@ -6,7 +6,7 @@ JOBS = {
     "item_title": "job",
     "resource_methods": ["GET", "POST"],
     # POST goes to the job service (service/api/jobs.py). PATCH changes tags only;
-    # DELETE is refused while the job is queued or running.
+    # DELETE is refused while the job is queued or running (POST <id>/cancel stops it).
     "item_methods": ["GET", "PATCH", "DELETE"],
     # A PATCH of tags replaces them (and they are carried onto the job's predictions).
     "merge_nested_documents": False,

@@ -34,6 +34,9 @@ MODELS = {
                 "outputs": {"type": "list", "schema": TENSOR_SPEC},
             },
         },
+        # How long a 2-row call took when the upload was test-run: a slow model's
+        # calls get a longer time limit (SIBYL_MODEL_CALL_TIMEOUT_MS).
+        "test_call_ms": {"type": "float", "readonly": True, "nullable": True},
         # One class name per output unit, for classifiers.
         "labels": {"type": "list", "schema": {"type": "string"}, "nullable": True},
         "description": {"type": "string", "maxlength": 2000},

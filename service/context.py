@@ -69,7 +69,7 @@ class Sibyl:
         production = self.store.models.find({"status": "ready", "stage": PRODUCTION})
         for model in list(production)[: self.config["MODEL_CACHE_SIZE"]]:
             try:
-                engine.models.get(model)
+                engine.runners.get(model).start()
             except Exception:
                 log.exception("could not load model %s v%s", model["name"], model["version"])
 

@@ -183,3 +183,165 @@ def ordinary_rnn() -> keras.Model:
     summary = keras.layers.GRU(3)(sequence)
     joined = keras.layers.Concatenate()([summary, extra])
     return keras.Model([tokens, extra], keras.layers.Dense(2, activation="sigmoid")(joined))
+
+
+# --- SavedModels that TensorFlow's loader reads differently from a naive scan ------------
+
+
+def edit_saved_model(folder: Path, edit) -> None:
+    """Rewrite a SavedModel folder's saved_model.pb: edit(object graph nodes, meta graph)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = folder / "saved_model.pb"
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString(path.read_bytes())
+    meta_graph = saved_model.meta_graphs[0]
+    edit(meta_graph.object_graph_def.nodes, meta_graph)
+    path.write_bytes(saved_model.SerializeToString())
+
+
+def child_id(node, local_name: str) -> int:
+    return next(ref.node_id for ref in node.children if ref.local_name == local_name)
+
+
+def swapped_serving_default(path: Path, secret: Path, canary: Path, second_map: bool) -> Path:
+    """A zipped SavedModel whose `serving_default` (2x) the loader replaces by "zz", a
+    function that reads `secret` into its output and writes `canary`.
+
+    Saved with both signatures, then either one more `serving_default` child pointing
+    at zz's node in the signature map (the loader keeps the last child of a name), or
+    (second_map) a second `signatures` child of the root: a copy of the map whose
+    `serving_default` is zz.
+    """
+    spec = [tf.TensorSpec([None, 3], tf.float32, name="x")]
+
+    class Module(tf.Module):
+        @tf.function(input_signature=spec)
+        def clean(self, x):
+            return {"y": 2.0 * x}
+
+        @tf.function(input_signature=spec)
+        def evil(self, x):
+            tf.io.write_file(str(canary), "written")
+            read = tf.strings.length(tf.io.read_file(str(secret)))
+            return {"y": 2.0 * x + tf.cast(read, tf.float32)}
+
+    module = Module()
+    folder = path.parent / path.stem
+    tf.saved_model.save(
+        module, str(folder), signatures={"serving_default": module.clean, "zz": module.evil}
+    )
+
+    def swap(nodes, meta_graph) -> None:
+        signatures = child_id(nodes[0], "signatures")
+        evil = child_id(nodes[signatures], "zz")
+        if not second_map:
+            nodes[signatures].children.add(node_id=evil, local_name="serving_default")
+            return
+        copy = nodes.add()
+        copy.CopyFrom(nodes[signatures])
+        for ref in copy.children:
+            if ref.local_name == "serving_default":
+                ref.node_id = evil
+        nodes[0].children.add(node_id=len(nodes) - 1, local_name="signatures")
+
+    edit_saved_model(folder, swap)
+    return zip_folder(folder, path)
+
+
+def disguised_resource(path: Path, written: Path) -> Path:
+    """A zipped SavedModel whose loading writes `written`: FileWritingResource saved as
+    a plain object of the registered class tf.StaticHashTable, its creator named as a
+    dependency rather than a child (the loader makes it a resource all the same)."""
+    folder = path.parent / path.stem
+
+    class Module(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": 2.0 * x}
+
+    module = Module()
+    module.table = FileWritingResource(str(written))
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
+
+    def disguise(nodes, meta_graph) -> None:
+        resource = next(saved for saved in nodes if saved.HasField("resource"))
+        creator = child_id(resource, "_create_resource")
+        others = [ref for ref in resource.children if ref.local_name != "_create_resource"]
+        del resource.children[:]
+        resource.children.extend(others)
+        resource.dependencies.add(node_id=creator, local_name="_create_resource")
+        resource.user_object.identifier = "_generic_user_object"  # no longer a resource
+        resource.registered_name = "tf.StaticHashTable"
+
+    edit_saved_model(folder, disguise)
+    return zip_folder(folder, path)
+
+
+def signatures_with_a_get(path: Path, canary: Path) -> Path:
+    """A zipped SavedModel whose root `signatures` is a plain object with a `get`
+    method writing `canary`: `loaded.signatures.get("serving_default")` runs it."""
+
+    class Signatures(tf.Module):
+        def __init__(self, serving):
+            self.serving_default = serving
+
+        @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+        def get(self, name):
+            tf.io.write_file(str(canary), name)
+            return name
+
+    class Module(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": 2.0 * x}
+
+    module = Module()
+    module.fake_signatures = Signatures(module.serve)  # `signatures` is reserved on save
+    folder = path.parent / path.stem
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
+
+    def replace_signatures(nodes, meta_graph) -> None:
+        root = nodes[0]
+        others = [ref for ref in root.children if ref.local_name != "signatures"]
+        del root.children[:]
+        root.children.extend(others)
+        for ref in root.children:
+            if ref.local_name == "fake_signatures":
+                ref.local_name = "signatures"
+
+    edit_saved_model(folder, replace_signatures)
+    return zip_folder(folder, path)
+
+
+def edited_doubler(path: Path, edit) -> Path:
+    """A zipped SavedModel (y = 2x + 1 on 3 floats) whose saved_model.pb edit() changed."""
+    folder = path.parent / path.stem
+    module = Doubler()
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
+    edit_saved_model(folder, edit)
+    return zip_folder(folder, path)
+
+
+def nested_savedmodel(path: Path, depth: int = 60) -> Path:
+    """A zipped SavedModel whose functions' output structures are nested `depth` lists
+    deep: more than protobuf parses (100 messages deep), in fields the scan skips."""
+
+    def nest(nodes, meta_graph) -> None:
+        for function in meta_graph.object_graph_def.concrete_functions.values():
+            for _ in range(depth):
+                nested = type(function.output_signature)()
+                nested.list_value.values.add().CopyFrom(function.output_signature)
+                function.output_signature.CopyFrom(nested)
+
+    return edited_doubler(path, nest)
+
+
+def zip_with_extra(source: Path, path: Path, extra: dict[str, bytes]) -> Path:
+    """A copy of a zip with more members."""
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(path, "w") as copy:
+        for name in original.namelist():
+            copy.writestr(name, original.read(name))
+        for name, data in extra.items():
+            copy.writestr(name, data)
+    return path

@@ -10,6 +10,8 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 SETOSA = "[[5.1, 3.5, 1.4, 0.2]]"
+# Generous on 2 loaded cores: a model upload starts a model runner (TensorFlow's import).
+expect.set_options(timeout=60_000)
 XSS = '<script>alert("tag")</script><img src=x onerror=alert("img")>'
 
 
@@ -39,6 +41,7 @@ def visit(browser, live_server, api, demo_models, screenshots):
     would open one); yields (page, go, shoot)."""
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     page = context.new_page()
+    page.set_default_timeout(60_000)
     dialogs = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     errors = []

@@ -1,6 +1,7 @@
 """Hostile model files are refused before anything of them runs; the inspection child
 runs sandboxed; stored files download as bytes."""
 
+import errno
 import importlib
 import json
 import os
@@ -9,6 +10,8 @@ import pwd
 import stat
 import subprocess
 import sys
+import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -16,12 +19,13 @@ import keras
 import model_builders
 import pytest
 import tensorflow as tf
-from conftest import upload_model
+from conftest import ROOT, upload_model
 
-from service.registry import model_files, model_scan
+from service.registry import confine, model_files, model_scan
 from service.registry.model_files import ModelFileError
+from service.registry.runner import SANDBOX_USER, ModelRunner, RunnerLimits
 
-LIMITS = {"max_bytes": 64 * 1024 * 1024, "timeout_s": 60, "memory_mb": 4096}
+LIMITS = {"max_bytes": 64 * 1024 * 1024, "limits": RunnerLimits()}
 SECRET = "canary-secret-4f1d"
 
 
@@ -35,16 +39,12 @@ def canary(tmp_path) -> Path:
 
 @pytest.fixture
 def no_child(monkeypatch):
-    """Fail the test if the inspection child is started."""
+    """Fail the test if a model runner is started."""
 
-    class NoSubprocess:
-        TimeoutExpired = subprocess.TimeoutExpired
+    def no_runner(*args, **kwargs):
+        raise AssertionError(f"a model runner was started: {args}")
 
-        @staticmethod
-        def run(*args, **kwargs):
-            raise AssertionError(f"the inspection child was started: {args}")
-
-    monkeypatch.setattr(model_files, "subprocess", NoSubprocess)
+    monkeypatch.setattr(model_files, "ModelRunner", no_runner)
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +189,18 @@ def test_keras_file_with_assets_is_refused(no_child, tiny_keras, tmp_path):
     assert "assets" in refuse(hostile)
 
 
+def test_keras_file_with_a_member_dotted_or_twice_is_refused(no_child, tiny_keras, tmp_path):
+    dotted = edited_keras(tiny_keras, tmp_path / "dotted.keras", extra={"./config.json": b"{}"})
+    assert "'.' or empty components" in refuse(dotted)
+    # The runtime's check before every load (check_keras_archive) refuses it too.
+    twice = tmp_path / "twice.keras"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate it writes
+        edited_keras(tiny_keras, twice, extra={"config.json": b"{}"})
+    with zipfile.ZipFile(twice) as archive, pytest.raises(ModelFileError, match="twice"):
+        model_scan.check_keras_archive(archive)
+
+
 def test_pickle_renamed_keras_is_refused(no_child, tmp_path):
     renamed = tmp_path / "model.keras"
     renamed.write_bytes(pickle.dumps({"weights": [1, 2]}))
@@ -213,6 +225,14 @@ def symlink_zip(path: Path) -> Path:
     return path
 
 
+def twice_zip(path: Path) -> Path:
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "w") as archive:
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate it writes
+        archive.writestr("model/saved_model.pb", b"x")
+        archive.writestr("model/saved_model.pb", b"y")
+    return path
+
+
 def lying_sizes_zip(path: Path) -> Path:
     """A tiny member whose headers declare ~2 GB (compressed and unpacked alike)."""
     zip_with(path, {"model/saved_model.pb": b"x" * 10})
@@ -230,6 +250,24 @@ ZIPS = {
     "backslash path": (lambda path: zip_with(path, {"..\\x\\saved_model.pb": b"x"}), "outside"),
     "drive path": (lambda path: zip_with(path, {"C:\\x\\saved_model.pb": b"x"}), "outside"),
     "symbolic link": (symlink_zip, "symbolic link"),
+    # zipfile.extractall drops "." and empty components: these would overwrite model/x.
+    "./ path": (
+        lambda path: zip_with(path, {"model/x": b"x", "model/./x": b"y"}),
+        "'.' or empty components",
+    ),
+    "// path": (
+        lambda path: zip_with(path, {"model/x": b"x", "model//x": b"y"}),
+        "'.' or empty components",
+    ),
+    "a path twice": (twice_zip, "'model/saved_model.pb' twice"),
+    "a file and a folder": (
+        lambda path: zip_with(path, {"model/saved_model.pb": b"x", "model/saved_model.pb/y": b"y"}),
+        "both as a file and as a folder",
+    ),
+    "a name too long": (
+        lambda path: zip_with(path, {"model/saved_model.pb": b"x", "model/" + "a" * 256: b"y"}),
+        "a file name in the archive is too long",
+    ),
     "compression ratio": (
         lambda path: zip_with(path, {"model/saved_model.pb": bytes(8 * 1024 * 1024)}),
         "compression ratio above 200:1",
@@ -336,25 +374,179 @@ def test_savedmodel_that_cannot_be_scanned_is_refused(no_child, tmp_path, graph,
     assert message in refuse(zip_with(tmp_path / "odd.zip", {"model/saved_model.pb": graph}))
 
 
-def test_savedmodel_stored_before_the_scan_is_refused_when_loaded(tmp_path, canary):
-    """The engine loads stored models through the runtime, which scans them again."""
-    from service.registry.runtime import CompiledModel, ModelLoadError
-
-    hostile = hostile_savedmodels(tmp_path, canary, tmp_path / "written.txt")["ReadFile"]()
-    folder = model_files.loadable_path(hostile, "savedmodel", tmp_path / "unpacked")
-    with pytest.raises(ModelLoadError, match="ReadFile"):
-        CompiledModel(str(folder), "savedmodel")
+def assert_upload_refused(api, db, path: Path, message: str) -> None:
+    """POST /v1/models answers a 422 naming the problem, quoting no path of the server,
+    and stores nothing."""
+    response = upload_model(api, "hostile", path)
+    assert response.status_code == 422, response.text
+    assert message in str(response.json()["_issues"]["file"])
+    assert SECRET not in response.text
+    for server_path in ("/tmp/", tempfile.gettempdir(), str(path.parent)):
+        assert server_path not in response.text
+    assert api.get("/models").json()["_items"] == []
+    assert db["fs.files"].count_documents({}) == 0
+    assert db["fs.chunks"].count_documents({}) == 0
 
 
 def test_hostile_savedmodel_upload_is_422_and_nothing_is_stored(api, db, tmp_path, canary):
     hostile = hostile_savedmodels(tmp_path, canary, tmp_path / "written.txt")["ReadFile"]()
-    response = upload_model(api, "reader", hostile)
-    assert response.status_code == 422, response.text
-    assert "ReadFile" in str(response.json()["_issues"]["file"])
-    assert SECRET not in response.text
-    assert api.get("/models").json()["_items"] == []
-    assert db["fs.files"].count_documents({}) == 0
-    assert db["fs.chunks"].count_documents({}) == 0
+    assert_upload_refused(api, db, hostile, "ReadFile")
+
+
+# --- SavedModels TensorFlow's loader reads differently from a naive scan -------------------
+
+
+@pytest.mark.parametrize(
+    ("second_map", "message"),
+    [(False, "names 'serving_default' twice"), (True, "names 'signatures' twice")],
+)
+def test_savedmodel_swapping_its_serving_signature_is_refused_at_upload(
+    api, db, tmp_path, canary, second_map, message
+):
+    written = tmp_path / "written.txt"
+    hostile = model_builders.swapped_serving_default(
+        tmp_path / "swapped.zip", canary, written, second_map
+    )
+    # What TensorFlow would serve as serving_default: "zz", which reads and writes files.
+    loaded = tf.saved_model.load(str(tmp_path / "swapped"))
+    assert loaded.signatures["serving_default"] is loaded.signatures["zz"]
+
+    assert_upload_refused(api, db, hostile, message)
+    assert not written.exists()
+    assert canary.read_text() == SECRET
+
+
+def disguised_resource(folder: Path, written: Path) -> Path:
+    hostile = model_builders.disguised_resource(folder / "disguised.zip", written)
+    tf.saved_model.load(str(folder / "disguised"))
+    assert written.exists()  # TensorFlow's loader ran the hidden WriteFile
+    return hostile
+
+
+def signatures_with_a_get(folder: Path, written: Path) -> Path:
+    hostile = model_builders.signatures_with_a_get(folder / "get.zip", written)
+    # What the runtime asks of every SavedModel runs its WriteFile.
+    tf.saved_model.load(str(folder / "get")).signatures.get("serving_default")
+    assert written.exists()
+    return hostile
+
+
+def function_twice(folder: Path, written: Path) -> Path:
+    def duplicate(nodes, meta_graph) -> None:
+        functions = meta_graph.graph_def.library.function
+        functions.add().CopyFrom(functions[0])
+
+    return model_builders.edited_doubler(folder / "twice.zip", duplicate)
+
+
+def registered_class(folder: Path, written: Path) -> Path:
+    def register(nodes, meta_graph) -> None:
+        nodes[0].registered_name = "evil.Backdoor"
+
+    return model_builders.edited_doubler(folder / "class.zip", register)
+
+
+LOADER_TRICKS = {
+    "a resource disguised as a registered class": (disguised_resource, "WriteFile"),
+    "a signatures object with a get method": (signatures_with_a_get, "one signature map"),
+    "a function defined twice": (function_twice, "defines the function"),
+    "a class built by code of its own": (registered_class, "'evil.Backdoor', which Sibyl"),
+}
+
+
+@pytest.mark.parametrize("case", LOADER_TRICKS)
+def test_savedmodel_the_loader_reads_otherwise_is_refused_unrun(no_child, tmp_path, case):
+    build, message = LOADER_TRICKS[case]
+    written = tmp_path / "written.txt"
+    hostile = build(tmp_path, written)
+    written.unlink(missing_ok=True)  # what loading it here wrote; inspecting must not write
+
+    assert message in refuse(hostile)
+    assert not written.exists()
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [("ReadFile", "ReadFile"), ("swapped", "names 'serving_default' twice")],
+)
+def test_savedmodel_stored_before_the_scan_is_refused_when_loaded(tmp_path, canary, case, message):
+    """The engine loads stored models through the runtime, which scans them again."""
+    from service.registry.runtime import CompiledModel, ModelLoadError
+
+    written = tmp_path / "written.txt"
+    if case == "ReadFile":
+        hostile = hostile_savedmodels(tmp_path, canary, written)["ReadFile"]()
+    else:
+        hostile = model_builders.swapped_serving_default(
+            tmp_path / "swapped.zip", canary, written, second_map=False
+        )
+    folder = model_files.loadable_path(hostile, "savedmodel", tmp_path / "unpacked")
+    with pytest.raises(ModelLoadError, match=message):
+        CompiledModel(str(folder), "savedmodel")
+    assert not written.exists()
+
+
+def test_zip_entry_overwriting_another_when_unpacked_is_refused(api, db, tmp_path):
+    doubler = model_builders.savedmodel_zip(tmp_path / "doubler.zip")
+    hostile = model_builders.zip_with_extra(
+        doubler, tmp_path / "dotted.zip", {"doubler/./variables/variables.index": b"junk"}
+    )
+    assert_upload_refused(api, db, hostile, "'.' or empty components")
+    # A model stored before the check is refused when unpacked to be served.
+    with pytest.raises(ModelFileError, match="'.' or empty components"):
+        model_files.loadable_path(hostile, "savedmodel", tmp_path / "unpacked")
+    assert not (tmp_path / "unpacked").exists()
+
+
+# --- refusals in a client's words ----------------------------------------------------------
+
+
+def test_too_long_a_file_name_is_a_422_without_server_paths(api, db, tmp_path):
+    doubler = model_builders.savedmodel_zip(tmp_path / "doubler.zip")
+    hostile = model_builders.zip_with_extra(
+        doubler, tmp_path / "long.zip", {"doubler/assets/" + "a" * 300: b"x"}
+    )
+    assert_upload_refused(api, db, hostile, "a file name in the archive is too long")
+
+
+def test_too_deeply_nested_savedmodel_is_a_422_without_server_paths(api, db, tmp_path):
+    """Nested in fields the scan skips: TensorFlow's own parser refuses it, in the runner."""
+    nested = model_builders.nested_savedmodel(tmp_path / "nested.zip")
+    assert_upload_refused(api, db, nested, "saved_model.pb is nested too deeply")
+
+
+@pytest.mark.parametrize(
+    ("failure", "message"),
+    [
+        (
+            OSError(errno.ENAMETOOLONG, "File name too long", "/tmp/sibyl-model-x/a"),
+            "a file name in the archive is too long",
+        ),
+        (RecursionError("maximum recursion depth exceeded"), "nested too deeply"),
+        (
+            ModelFileError(
+                "not a loadable SavedModel: Cannot parse file b'/tmp/sibyl-model-x/m/"
+                "saved_model.pb': Error parsing message: Exceeded upb_DecodeOptions_MaxDepth."
+            ),
+            "saved_model.pb is nested too deeply",
+        ),
+        (
+            ModelFileError(f"not a loadable Keras 3 model: '{tempfile.gettempdir()}/x/y'"),
+            model_scan.WITHHELD,
+        ),
+        (KeyError("an internal name"), model_scan.WITHHELD),
+        (ModelFileError("labels must be distinct"), "labels must be distinct"),
+    ],
+)
+def test_refusals_reach_clients_in_their_words(failure, message):
+    @model_scan.refusals_in_client_words
+    def inspect() -> dict:
+        raise failure
+
+    with pytest.raises(ModelFileError) as refused:
+        inspect()
+    assert message in str(refused.value)
+    assert "/tmp/" not in str(refused.value)
 
 
 # --- ordinary models pass ------------------------------------------------------------------
@@ -428,9 +620,16 @@ def test_op_allow_list_names_registered_operations_and_no_io():
         assert refused not in model_scan.ALLOWED_OPS
 
 
+def test_registered_classes_are_tensorflows():
+    from tensorflow.python.saved_model import registration
+
+    for name in model_scan.REGISTERED_CLASSES:
+        assert registration.get_registered_class(name) is not None, name
+
+
 def test_scan_reads_tensorflows_field_numbers():
     """The scan's reduced protos have TensorFlow's field numbers, message by message."""
-    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow.core.protobuf import saved_model_pb2, saved_object_graph_pb2
 
     def compare(ours: str, theirs, seen: set) -> None:
         if ours in seen:
@@ -445,6 +644,9 @@ def test_scan_reads_tensorflows_field_numbers():
     seen: set = set()
     compare("SavedModel", saved_model_pb2.SavedModel.DESCRIPTOR, seen)
     assert seen == set(model_scan._PROTO_FIELDS)
+    # Every kind of object, so that the last kind in a file is the object's for both.
+    kinds = saved_object_graph_pb2.SavedObject.DESCRIPTOR.oneofs_by_name["kind"].fields
+    assert {field.name for field in kinds} == model_scan._SAVED_OBJECT_KINDS
 
 
 # --- the sandbox ---------------------------------------------------------------------------
@@ -457,7 +659,7 @@ def run_limited(code: str, cwd: Path) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=30,
-        preexec_fn=model_files.sandbox_limits(memory_mb=1024),
+        preexec_fn=lambda: confine.limit_resources(memory_mb=1024),
     )
 
 
@@ -474,30 +676,27 @@ def test_sandboxed_child_cannot_open_many_files(tmp_path):
     assert "Too many open files" in finished.stderr
 
 
-def test_child_starts_in_an_empty_directory_with_a_minimal_environment(monkeypatch, tiny_keras):
-    calls = []
-
-    class RecordingSubprocess:
-        TimeoutExpired = subprocess.TimeoutExpired
-
-        @staticmethod
-        def run(command, **options):
-            calls.append((command, options, os.listdir(options["cwd"])))
-            answer = json.dumps({"signature": {"inputs": [], "outputs": []}})
-            return subprocess.CompletedProcess(command, 0, stdout=answer, stderr="")
-
-    monkeypatch.setattr(model_files, "subprocess", RecordingSubprocess)
-    model_files.inspect(tiny_keras, **LIMITS)
-
-    [(command, options, listed)] = calls
-    assert listed == []
-    assert Path(options["cwd"]) != model_files.ROOT
-    assert command[:3] == [sys.executable, "-I", "-B"]
-    assert set(options["env"]) == {"PATH", "HOME", "TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES"}
-    assert options["preexec_fn"] is not None
-    if os.geteuid() == 0:
-        nobody = pwd.getpwnam(model_files.SANDBOX_USER)
-        assert command[-1] == f"--drop-to={nobody.pw_uid}:{nobody.pw_gid}"
+def test_runner_starts_in_an_empty_directory_with_a_minimal_environment(tiny_keras):
+    runner = ModelRunner(tiny_keras, "keras", RunnerLimits())
+    try:
+        runner.start()
+        proc = Path(f"/proc/{runner.pid}")
+        cwd = proc / "cwd"
+        assert os.listdir(cwd) == []
+        assert Path(os.readlink(cwd)).resolve() != ROOT
+        command = (proc / "cmdline").read_bytes().split(b"\0")
+        assert command[:3] == [sys.executable.encode(), b"-I", b"-B"]
+        environment = (proc / "environ").read_bytes().strip(b"\0").split(b"\0")
+        names = {entry.split(b"=")[0].decode() for entry in environment}
+        assert names == {"PATH", "HOME", "TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES"}
+        status = (proc / "status").read_text()
+        if os.geteuid() == 0:
+            nobody = pwd.getpwnam(SANDBOX_USER)
+            assert f"Uid:\t{nobody.pw_uid}\t{nobody.pw_uid}\t{nobody.pw_uid}" in status
+        assert "NoNewPrivs:\t1" in status
+        assert "Seccomp:\t2" in status  # a filter is loaded
+    finally:
+        runner.stop()
 
 
 needs_root = pytest.mark.skipif(
@@ -507,32 +706,21 @@ needs_root = pytest.mark.skipif(
 
 @needs_root
 def test_drop_privileges_is_for_good(tmp_path):
-    nobody = pwd.getpwnam(model_files.SANDBOX_USER)
+    nobody = pwd.getpwnam(SANDBOX_USER)
     code = (
-        "import os; from service.registry.inspect_model import drop_privileges; "
+        "import os; from service.registry.confine import drop_privileges; "
         f"drop_privileges({nobody.pw_uid}, {nobody.pw_gid}); "
         "print(os.getuid(), os.getgid(), os.getgroups()); os.setuid(0)"
     )
     finished = subprocess.run(
         [sys.executable, "-c", code],
-        cwd=model_files.ROOT,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert finished.stdout.split() == [str(nobody.pw_uid), str(nobody.pw_gid), "[]"]
     assert "PermissionError" in finished.stderr
-
-
-@needs_root
-def test_child_reads_models_as_the_sandbox_user(tmp_path, tiny_keras):
-    """A file only root may read (tmp_path is root's alone) cannot be opened by the child."""
-    private = tmp_path / "private"
-    private.mkdir(mode=0o700)
-    model = private / "model.keras"
-    model.write_bytes(tiny_keras.read_bytes())
-    with pytest.raises(ModelFileError, match="Permission denied"):
-        model_files.inspect_in_child(model, "keras", timeout_s=60, memory_mb=4096)
 
 
 # --- downloads -----------------------------------------------------------------------------

@@ -96,7 +96,8 @@ def test_savedmodel_predictions(api, model_files):
 
 
 def test_concurrent_jobs_share_model_calls(start_server, db, demo_models):
-    api = start_server({"MAX_WAIT_MS": 200}).api()
+    # Every request may wait its 30 s: the point here is batching.
+    api = start_server({"MAX_WAIT_MS": 200, "MAX_WAITING_REQUESTS": 16}).api()
     responses = []
 
     def submit(i):

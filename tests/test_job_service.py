@@ -119,7 +119,8 @@ def test_an_item_fetched_with_wait_has_no_next_link(api, demo_models):
 @pytest.mark.parametrize(
     "module",
     [
-        "service.registry.inspect_model",  # the sandboxed inspection child
+        "service.registry.runner_child",  # the model runner, before it loads a model
+        "service.registry.runner",  # what starts and calls runners
         "service.jobs.dispatch",  # the worker entry point (run.py worker)
         "service.store.access",  # the data layer
         "service",
@@ -150,12 +151,13 @@ def test_a_waited_answer_after_a_retry_equals_the_stored_predictions(
     earlier = {"job": document["_id"], "index": 0, "output": [1.0, 0.0, 0.0], "label": "stale"}
     queue_db.predictions.insert_one({**earlier, "score": 1.0, "attempt": 1, "batch": {}})
     runner = Runner(services.store, services.config, services.completions, "test")
-    thread = threading.Thread(target=runner.sweep)
+    thread = threading.Thread(target=runner.sweep, args=(runner.engine.run,))
     thread.start()
     answer = services.jobs.await_finished(
         [document["_id"]], 30, ANONYMOUS, submitted={document["_id"]: document}
     )[document["_id"]]
     thread.join()
+    runner.engine.runners.stop()
     stored = list(queue_db.predictions.find({"job": document["_id"]}).sort("index", 1))
     fields = ["_id", "index", "output", "label", "score"]
     assert answer["predictions"] == [{f: p[f] for f in fields} for p in stored]

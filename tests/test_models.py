@@ -173,7 +173,7 @@ def test_checks_that_cost_nothing_come_before_the_sandboxed_child(
     from service.registry import model_files as files
 
     started = []
-    monkeypatch.setattr(files, "inspect_in_child", lambda *args, **kwargs: started.append(args))
+    monkeypatch.setattr(files, "ModelRunner", lambda *args, **kwargs: started.append(args))
     response = upload_model(api, name, model_files["tiny"], **fields)
     assert response.status_code == 422, response.text
     assert field in response.json()["_issues"]

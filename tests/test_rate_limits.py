@@ -260,8 +260,8 @@ def serve_two_workers(run_py, database, tmp_path, storage: str, limit: int):
         # A freshly forked worker has one thread; one that built the app has PyMongo's too.
         built = [w for w in workers if len(list(Path(f"/proc/{w}/task").iterdir())) > 1]
         try:
-            healthy = requests.get(url + "/v1/healthz", timeout=1).status_code == 200
-        except requests.ConnectionError:
+            healthy = requests.get(url + "/v1/healthz", timeout=5).status_code == 200
+        except requests.RequestException:  # not listening yet, or slow on a loaded machine
             healthy = False
         if healthy and len(built) == 2:
             break

@@ -16,6 +16,7 @@ import json
 from flask import Blueprint, Flask, Response, current_app, render_template, request
 from markupsafe import Markup, escape
 
+from schemas.common import FINISHED_STATUSES
 from service.api.negotiation import renders_html
 from service.api.roles import may, right_needed
 from service.context import sibyl
@@ -34,7 +35,6 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 PAGE_HEADER = "X-Sibyl-Page"
-FINAL_STATUSES = ("succeeded", "failed")
 METHOD_ORDER = ("GET", "POST", "PATCH", "DELETE")
 
 
@@ -82,7 +82,7 @@ def page_context(data, status: int) -> dict:
         "live": kind == "item_lookup"
         and resource == "jobs"
         and isinstance(data, dict)
-        and data.get("status") not in (None, *FINAL_STATUSES),
+        and data.get("status") not in (None, *FINISHED_STATUSES),
         "etag": data.get("_etag") if isinstance(data, dict) else None,
         "models": [],
     }

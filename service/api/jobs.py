@@ -1,4 +1,5 @@
-"""POST /v1/jobs: Eve's Cerberus validation, then the job service; `?wait=` on POST and GET.
+"""POST /v1/jobs: Eve's Cerberus validation, then the job service; `?wait=` on POST and GET;
+POST /v1/jobs/<id>/cancel.
 
 Eve answers every other method of /v1/jobs. Its POST would store the jobs itself,
 around its insert hooks; Sibyl's job service stores them instead (the one way in
@@ -13,13 +14,14 @@ from eve.methods.common import (
     payload,
     resource_link,
 )
+from eve.methods.get import getitem_internal
 from eve.render import send_response
 from eve.utils import config
-from flask import Flask, abort, current_app, request
+from flask import Blueprint, Flask, abort, current_app, request
 
-from service.api.described import described
+from service.api.described import described, json_body
 from service.context import sibyl
-from service.errors import Rejected, echoed
+from service.errors import Rejected, Unprocessable, echoed
 from service.store.data import request_identity
 
 RESOURCE = "jobs"
@@ -65,6 +67,48 @@ def register(app: Flask) -> None:
     app.view_functions[ITEM_ENDPOINT] = described(GET={"parameters": [WAIT]})(
         lambda **lookup: item_view(**lookup)
     )
+    # A blueprint per app: its URL takes the jobs' own item URL pattern (24 hex digits),
+    # so a malformed id is a 404 as it is on GET.
+    actions = Blueprint("jobs", __name__)
+    item_url = app.config["DOMAIN"][RESOURCE]["item_url"]
+    actions.add_url_rule(f"/jobs/<{item_url}:_id>/cancel", view_func=cancel_job, methods=["POST"])
+    app.register_blueprint(actions, url_prefix=app.api_prefix)
+
+
+@described(
+    summary="Cancel a queued or running job: its runner stops at its next batch, and it is "
+    "never retried",
+    requestBody={
+        "required": False,
+        "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
+    },
+    responses={
+        "200": json_body(
+            {"$ref": "#/components/schemas/Jobs"},
+            "the job as stored: `cancelled`, with `finished_at` and `error`; its predictions "
+            "are deleted",
+        ),
+        "409": json_body(
+            {"$ref": "#/components/schemas/Error"}, "the job has finished already (named)"
+        ),
+    },
+)
+def cancel_job(_id: str):
+    """Cancel the job, then answer it as a GET of it does. What the request carries is
+    checked first, so that a refused one changes nothing (Eve's GET would read a
+    ?projection= the request checks leave unread on a POST)."""
+    extra = sorted(set(request.args) - {"version", "format"})
+    if extra:
+        abort(
+            400,
+            description=f"a cancel takes no query parameter {echoed(extra[0])} "
+            "(only version and format)",
+        )
+    if request.get_json(silent=True) not in (None, {}):
+        raise Unprocessable("a cancel takes no body, or an empty JSON object")
+    if not sibyl().jobs.cancel(ObjectId(_id), request_identity()):
+        abort(404, description=f"no job with id {_id}")
+    return send_response(RESOURCE, getitem_internal(RESOURCE, _id=_id))
 
 
 def requested_wait() -> float:
@@ -89,10 +133,11 @@ def post_jobs():
     submitted = validated(body if isinstance(body, list) else [body])
     services = sibyl()
     identity = request_identity()
-    if seconds:
-        documents, finished = services.jobs.submit_and_wait(submitted, identity, seconds)
-    else:
-        documents, finished = services.jobs.submit(submitted, identity), {}
+    with services.jobs.wait_slot(seconds) as seconds:
+        if seconds:
+            documents, finished = services.jobs.submit_and_wait(submitted, identity, seconds)
+        else:
+            documents, finished = services.jobs.submit(submitted, identity), {}
     by_id = {document["_id"]: document for document in documents}
     hidden = identity.hidden(RESOURCE)
     items = [answer(finished.get(job_id), document, hidden) for job_id, document in by_id.items()]
@@ -163,4 +208,6 @@ def wait_for_job(lookup: dict) -> None:
     seconds = requested_wait()
     if not seconds or "_id" not in lookup or not ObjectId.is_valid(str(lookup["_id"])):
         return
-    sibyl().jobs.wait([ObjectId(str(lookup["_id"]))], seconds, request_identity())
+    with sibyl().jobs.wait_slot(seconds) as seconds:
+        if seconds:
+            sibyl().jobs.wait([ObjectId(str(lookup["_id"]))], seconds, request_identity())

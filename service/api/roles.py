@@ -55,6 +55,7 @@ ROUTE_RIGHTS: dict[tuple[str, str], str] = {
     ("jobs|item_lookup", "PATCH"): "jobs:change",
     ("jobs|item_lookup", "DELETE"): "jobs:change",
     ("jobs|item_post_override", "POST"): "jobs:change",
+    ("jobs.cancel_job", "POST"): "jobs:change",
     ("predictions|resource", "GET"): "predictions:read",
     ("predictions|item_lookup", "GET"): "predictions:read",
     ("models|resource", "GET"): "models:read",

@@ -11,6 +11,7 @@ from eve.io.mongo import Validator
 from flask import current_app, g, has_app_context
 
 from service.registry import model_files
+from service.registry.runner import RunnerLimits
 
 
 class CheckedSchema(DefinitionSchema):
@@ -154,8 +155,7 @@ class SibylValidator(Validator):
                 inspection = model_files.inspect(
                     upload,
                     max_bytes=config["MAX_MODEL_BYTES"],
-                    timeout_s=config["MODEL_LOAD_TIMEOUT_S"],
-                    memory_mb=config["MODEL_LOAD_MEMORY_MB"],
+                    limits=RunnerLimits.from_config(config),
                 )
             except model_files.ModelFileError as error:
                 self._refuse_upload(field, str(error))

@@ -155,8 +155,9 @@ def select_version() -> None:
 
 
 def _resource() -> str:
-    """The Eve resource the request is for ("" for Sibyl's own routes)."""
-    return (request.endpoint or "").partition("|")[0]
+    """The resource the request is for: Eve's endpoints are `jobs|item_lookup`, a
+    resource's own blueprint routes `jobs.cancel_job` ("" for Sibyl's other routes)."""
+    return re.split(r"[|.]", request.endpoint or "")[0]
 
 
 def _translate_request(names: dict[str, str]) -> None:

@@ -20,6 +20,7 @@ import pymongo
 
 import settings
 from service.registry import model_store
+from service.registry.runner import RunnerLimits
 from service.store.access import Store
 
 log = logging.getLogger("sibyl.demo")
@@ -129,8 +130,7 @@ def model_limits(config) -> dict:
     """The upload limits of settings.py, as model_store.register takes them."""
     return {
         "max_bytes": config.MAX_MODEL_BYTES,
-        "timeout_s": config.MODEL_LOAD_TIMEOUT_S,
-        "memory_mb": config.MODEL_LOAD_MEMORY_MB,
+        "limits": RunnerLimits.from_config(vars(config)),
     }
 
 

@@ -209,39 +209,59 @@ class JobQueue:
 
     def insert_held(self, jobs: list) -> None:
         """Write held jobs (service/jobs/held.py) as ordinary jobs: leased to this runner,
-        the lease counted from now."""
+        the lease counted from now. Those their request stored meanwhile are already."""
         until = utcnow() + self.lease
-        documents = []
-        for job in jobs:
-            document = job.held.document
-            document["lease"] = {**document["lease"], "until": until}
-            documents.append(document)
-        Held.write([job.held for job in jobs], lambda: self.store.jobs.insert_many(documents))
+        with Held.writing([job.held for job in jobs]) as unwritten:
+            documents = []
+            for job in jobs:
+                if job.held in unwritten:
+                    lease = {**job.held.document["lease"], "until": until}
+                    job.held.document.update(lease=lease, started_at=job.started_at)
+                    documents.append(job.held.document)
+            if documents:
+                Held.write(unwritten, lambda: self.store.jobs.insert_many(documents))
         for job in jobs:
             job.held = None
 
-    def insert_succeeded(self, jobs: list, predictions: list[dict], now: datetime) -> None:
+    def insert_succeeded(
+        self, jobs: list, predictions: dict[ObjectId, list[dict]], now: datetime
+    ) -> set[ObjectId]:
         """Write held jobs once, succeeded, with their predictions: one transaction, so
-        a job is never stored without its predictions nor they without it."""
+        a job is never stored without its predictions nor they without it.
+
+        Returns the ids written; the others were stored by their request meanwhile
+        (queued, leased to this runner) and are ordinary jobs from now on.
+        """
         fields = {
             job.id: succeeded_fields(job.count, job.attempts, job.started_at, now) for job in jobs
         }
-        documents = [{**job.held.document, **fields[job.id]} for job in jobs]
+        with Held.writing([job.held for job in jobs]) as unwritten:
+            mine = [job for job in jobs if job.held in unwritten]
+            documents = [{**job.held.document, **fields[job.id]} for job in mine]
+            rows = [row for job in mine for row in predictions[job.id]]
 
-        def write(session):
-            self.store.jobs.insert_many(documents, session=session)
-            self.store.predictions.insert_many(predictions, ordered=False, session=session)
+            def write(session):
+                self.store.jobs.insert_many(documents, session=session)
+                self.store.predictions.insert_many(rows, ordered=False, session=session)
 
-        Held.write([job.held for job in jobs], lambda: self.store.in_transaction(write))
+            if mine:
+                Held.write(unwritten, lambda: self.store.in_transaction(write))
         for job in jobs:
             job.held = None
+        for job in mine:
             self.events.ended(JobEnded(job.id, "succeeded", {**fields[job.id], "tags": job.tags}))
+        return {job.id for job in mine}
 
-    def fail_attempt(self, job_id: ObjectId, token: str, attempts: int, error: str) -> str:
-        """After a failed attempt: requeue, or fail for good past MAX_ATTEMPTS.
+    def fail_attempt(
+        self, job_id: ObjectId, token: str, attempts: int, error: str, for_good: bool = False
+    ) -> str:
+        """After a failed attempt: requeue, or fail for good past MAX_ATTEMPTS (or at
+        once, for_good).
 
         Returns the job's new status ("queued" or "failed"), or "" if the lease was lost.
         """
+        if for_good:
+            return "failed" if self._finish_failed(job_id, token, error) else ""
         if attempts >= self.max_attempts:
             message = f"failed after {attempts} attempts: {error}"
             return "failed" if self._finish_failed(job_id, token, message) else ""
@@ -251,6 +271,25 @@ class JobQueue:
         """A finished job was deleted: its predictions go with it."""
         self.store.predictions.delete_many({"job": job_id})
         self.events.ended(JobEnded(job_id, "deleted"))
+
+    def cancel(self, job_id: ObjectId, error: str) -> bool:
+        """Stop a queued or running job for good; False if it has finished (or this store
+        does not see it).
+
+        No lease token is needed: clearing the lease is what stops the runner. Its
+        progress and success writes filter on the token, so they land nowhere and it
+        withdraws its batch's rows (service/jobs/engine.py); sweeps requeue only
+        active jobs, so it is never retried.
+        """
+        now = utcnow()
+        fields = {"status": "cancelled", "lease": None, "error": error, "finished_at": now}
+        query = {"_id": job_id, "status": {"$in": ACTIVE_STATUSES}}
+        if not self.store.jobs.update_one(query, changed(fields, now)).modified_count:
+            return False
+        # All or nothing, as for a failed job.
+        self.store.predictions.delete_many({"job": job_id})
+        self.events.ended(JobEnded(job_id, "cancelled", {**fields, "_updated": now}))
+        return True
 
     def _requeue(self, job_id: ObjectId, token: str, error: str, condition=None) -> int:
         fields = {"status": "queued", "lease": None, "error": error}

@@ -1,8 +1,9 @@
 """Getting jobs to the engine: a dispatcher thread per API process, or worker processes.
 
-In-process mode (the default), the job hook inserts each accepted job already
-leased to this process and hands it, inputs checked, to the Dispatcher thread,
-which gathers jobs for up to MAX_WAIT_MS into batches. In workers mode the API
+In-process mode (the default), the job service inserts each accepted job already
+leased to this process and hands it, inputs checked, to the Dispatcher, whose lane
+for the job's model version (a thread per model version) gathers jobs for up to
+MAX_WAIT_MS into batches. In workers mode the API
 only queues, and any number of `python run.py worker` processes claim jobs
 from MongoDB, woken by a change stream. Both also sweep up queued jobs nobody
 holds and jobs whose lease expired.
@@ -14,6 +15,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from pymongo.errors import PyMongoError
 
@@ -46,52 +48,42 @@ class Runner:
         self.poll_seconds = config["POLL_SECONDS"]
         self._stop = threading.Event()
 
-    def sweep(self) -> int:
-        """Run queued jobs nobody holds, after freeing those whose lease expired."""
+    def sweep(self, run: Callable[[list[Job]], None]) -> int:
+        """Claim queued jobs nobody holds, after freeing those whose lease expired, and
+        run(jobs) them."""
         self.queue.requeue_expired()
         ids = self.queue.queued(limit=self.max_batch_size)
         if not ids:
             return 0
         token, claimed = self.queue.claim(ids)
         documents = self.queue.claimed_documents(token, claimed)
-        self.engine.run(self.engine.jobs_from_documents(documents))
+        run(self.engine.jobs_from_documents(documents))
         return len(claimed)
 
     def stop(self) -> None:
         self._stop.set()
 
 
-class Dispatcher(Runner):
-    """In-process mode: a thread running the jobs this API process accepted."""
+class Lane:
+    """The jobs of one model version, batched and run by a thread of their own, so that
+    a slow or hanging model holds up only its own jobs, never another model's."""
 
-    def __init__(self, store: Store, config: dict, completions: Completions):
-        super().__init__(store, config, completions, "api")
+    def __init__(self, engine: Engine, config: dict, stopping: threading.Event, name: str):
+        self.engine = engine
+        self.max_batch_size = config["MAX_BATCH_SIZE"]
         self.max_wait_s = config["MAX_WAIT_MS"] / 1000
-        # Jobs this process just stored, leased to itself, inputs already checked.
+        self.poll_seconds = config["POLL_SECONDS"]
+        self._stop = stopping
         self.inbox: queue.SimpleQueue[Job] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name="sibyl-dispatcher", daemon=True)
-        self._thread.start()
-
-    def submit(self, jobs: list[Job]) -> None:
-        for job in jobs:
-            self.inbox.put(job)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        super().stop()
-        self._thread.join(timeout)
+        self.thread = threading.Thread(target=self._loop, name=f"sibyl-lane-{name}", daemon=True)
+        self.thread.start()
 
     def _loop(self) -> None:
-        next_sweep = 0.0
         while not self._stop.is_set():
             try:
                 jobs = self._collect()
                 if jobs:
-                    # No claim needed: the jobs were inserted holding this process's lease.
                     self.engine.run(jobs)
-                # Retries and expired leases are swept up even under steady load.
-                if time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + self.poll_seconds
-                    self.sweep()
             except PyMongoError as error:
                 # Jobs stay queued or leased in MongoDB; a later sweep runs them.
                 log.warning("dispatcher: database error (%s); retrying shortly", error)
@@ -119,6 +111,48 @@ class Dispatcher(Runner):
             jobs.append(job)
             rows += job.count
         return jobs
+
+
+class Dispatcher(Runner):
+    """In-process mode: the jobs this API process accepted, run by one lane per model
+    version; a thread of its own sweeps up left-behind and expired jobs."""
+
+    def __init__(self, store: Store, config: dict, completions: Completions):
+        super().__init__(store, config, completions, "api")
+        self.config = config
+        self._lanes: dict = {}
+        self._lanes_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="sibyl-dispatcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, jobs: list[Job]) -> None:
+        """Jobs leased to this process, inputs checked: no claim needed."""
+        for job in jobs:
+            self._lane(job.model).inbox.put(job)
+
+    def _lane(self, model: dict) -> Lane:
+        with self._lanes_lock:
+            lane = self._lanes.get(model["_id"])
+            if lane is None:
+                name = f"{model['name']}@{model['version']}"
+                lane = self._lanes[model["_id"]] = Lane(self.engine, self.config, self._stop, name)
+            return lane
+
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop()
+        for thread in [self._thread, *(lane.thread for lane in self._lanes.values())]:
+            thread.join(timeout)
+        self.engine.runners.stop()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sweep(self.submit)
+            except PyMongoError as error:
+                log.warning("dispatcher: database error (%s); retrying shortly", error)
+            except Exception:
+                log.exception("dispatcher: unexpected error; continuing")
+            self._stop.wait(self.poll_seconds)
 
 
 class JobSignal:
@@ -177,13 +211,16 @@ class Worker(Runner):
 
     def run_forever(self) -> None:
         log.info("worker %s waiting for jobs", self.queue.worker_id)
-        while not self._stop.is_set():
-            try:
-                if self.sweep():
-                    self.signal.reset_backoff()
+        try:
+            while not self._stop.is_set():
+                try:
+                    if self.sweep(self.engine.run):
+                        self.signal.reset_backoff()
+                        continue
+                except PyMongoError as error:
+                    log.warning("worker: database error (%s); retrying shortly", error)
+                    self._stop.wait(self.poll_seconds)
                     continue
-            except PyMongoError as error:
-                log.warning("worker: database error (%s); retrying shortly", error)
-                self._stop.wait(self.poll_seconds)
-                continue
-            self.signal.wait()
+                self.signal.wait()
+        finally:
+            self.engine.runners.stop()

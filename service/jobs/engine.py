@@ -14,8 +14,6 @@ one, so the newest attempt's rows are the ones kept.
 """
 
 import logging
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,10 +25,16 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from service.errors import InputError
 from service.jobs.claims import JobQueue, utcnow
 from service.jobs.completions import Completions
-from service.jobs.held import Held, Taken
+from service.jobs.held import Held
 from service.registry import model_store
+from service.registry.runner import (
+    ModelCallError,
+    ModelRunner,
+    RunnerLimits,
+    RunnerPool,
+    RunnerUnavailable,
+)
 from service.registry.signature import check_inputs
-from service.store.access import Store
 from service.store.packed import unpacked_array
 
 log = logging.getLogger(__name__)
@@ -73,40 +77,6 @@ class Job:
         )
 
 
-def error_summary(error: Exception) -> str:
-    """The line of an exception that says what went wrong (TensorFlow's come last)."""
-    text = str(getattr(error, "message", error))
-    lines = [line for line in text.splitlines() if line.strip() and not line[0].isspace()]
-    lines = [line for line in lines if not line.startswith(("Detected at node", "Graph execution"))]
-    return f"{type(error).__name__}: {(lines[-1] if lines else '')[:300]}"
-
-
-class ModelCache:
-    """Compiled models by model id; the least recently used is dropped past capacity."""
-
-    def __init__(self, store: Store, cache_dir: Path, capacity: int):
-        self.store = store
-        self.cache_dir = cache_dir
-        self.capacity = capacity
-        self._models: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, model: dict):
-        with self._lock:
-            key = model["_id"]
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
-            from service.registry.runtime import CompiledModel  # TensorFlow loads here, once
-
-            path = model_store.local_copy(self.store, model, self.cache_dir)
-            compiled = CompiledModel(str(path), model["format"])
-            self._models[key] = compiled
-            while len(self._models) > self.capacity:
-                self._models.popitem(last=False)
-            return compiled
-
-
 class Engine:
     """Runs claimed jobs: batches per model, stores predictions, completes jobs."""
 
@@ -116,8 +86,11 @@ class Engine:
         self.completions = completions
         self.max_batch_size = config["MAX_BATCH_SIZE"]
         self.max_instances = config["MAX_INSTANCES_PER_JOB"]
-        self.models = ModelCache(
-            self.store, Path(config["MODEL_CACHE_DIR"]), config["MODEL_CACHE_SIZE"]
+        cache_dir = Path(config["MODEL_CACHE_DIR"])
+        self.runners = RunnerPool(
+            lambda model: model_store.local_copy(self.store, model, cache_dir),
+            RunnerLimits.from_config(config),
+            config["MODEL_CACHE_SIZE"],
         )
         self._model_documents: dict[ObjectId, dict] = {}
 
@@ -146,39 +119,26 @@ class Engine:
         return jobs
 
     def run(self, jobs: list[Job]) -> None:
-        """Run claimed jobs, grouped by model version."""
+        """Run claimed jobs, grouped by model version. A held job left unwritten (the
+        engine stopped before its write) is stored by its request when its wait ends."""
         jobs = [job for job in jobs if self._take(job)]
         groups: dict[ObjectId, list[Job]] = {}
         for job in jobs:
             groups.setdefault(job.model["_id"], []).append(job)
-        try:
-            for group in groups.values():
-                try:
-                    compiled = self.models.get(group[0].model)
-                except Exception as error:
-                    for job in group:
-                        self._fail_job(job, f"the model could not be loaded: {error}")
-                    continue
-                self._run_group(compiled, group)
-        finally:
-            # A held job left unwritten (the database failed meanwhile) is not stored:
-            # its request must not answer as if it were.
-            for job in jobs:
-                if job.held is not None and not job.held.stored.is_set():
-                    job.held.resolved(RuntimeError("the job could not be stored"))
+        for group in groups.values():
+            self._run_group(self.runners.get(group[0].model), group)
 
     @staticmethod
     def _take(job: Job) -> bool:
-        """Whether to run the job: a held one is this engine's to write from now on,
-        unless its request stored it already (then it is an ordinary job) or could not."""
-        if job.held is None:
+        """Whether to run the job: a held one its request already stored is an ordinary
+        job from now on; one its request could not store is not run."""
+        if job.held is None or not job.held.stored.is_set():
             return True
-        taken = job.held.take()
-        if taken is Taken.STORED:
-            job.held = None
-        return taken is not Taken.LOST
+        lost = job.held.lost
+        job.held = None
+        return not lost
 
-    def _run_group(self, compiled, jobs: list[Job]) -> None:
+    def _run_group(self, runner: ModelRunner, jobs: list[Job]) -> None:
         """Pack the jobs' instances into batches; a failing batch is retried job by job."""
         pending = list(jobs)
         while pending:
@@ -190,18 +150,27 @@ class Engine:
             began = utcnow()
             for job, _, _ in batch:
                 job.started_at = job.started_at or began
+            rows = sum(stop - start for _, start, stop in batch)
             try:
-                outputs = compiled.predict(self._concatenate(batch))
-            except Exception as error:
+                outputs = runner.predict(
+                    self._concatenate(batch), self.runners.call_timeout_s(jobs[0].model, rows)
+                )
+            except (ModelCallError, RunnerUnavailable) as error:
                 culprits = [job for job, _, _ in batch]
                 for job in culprits:
                     pending.remove(job)
+                if isinstance(error, RunnerUnavailable):
+                    for job in culprits:
+                        self._fail_job(job, f"the model could not be loaded: {error}")
+                    continue
                 if len(culprits) == 1:
-                    self._fail_job(culprits[0], f"the model raised {error_summary(error)}")
+                    # A job that crashed or hung the runner on its own is not retried:
+                    # another attempt would cost another runner for the same end.
+                    self._fail_job(culprits[0], str(error), for_good=error.fatal)
                     continue
                 # Someone's instances broke the batch: find out whose, one job at a time.
                 for job in culprits:
-                    self._run_group(compiled, [job])
+                    self._run_group(runner, [job])
                 continue
             self._store(batch, outputs, pending)
 
@@ -247,14 +216,16 @@ class Engine:
         # Held jobs that finished are written once, with their predictions.
         once = [job for job, _, _ in batch if job.held is not None and job.id in documents]
         if once:
-            held_rows = [documents.pop(job.id) for job in once]
-            for job, job_rows in zip(once, held_rows, strict=True):
-                pending.remove(job)
-                self.completions.add_predictions(job.id, job_rows)
-            written = [row for job_rows in held_rows for row in job_rows]
-            self.queue.insert_succeeded(once, written, now)
-            once_ids = {job.id for job in once}
-            batch = [entry for entry in batch if entry[0].id not in once_ids]
+            for job in once:
+                self.completions.add_predictions(job.id, documents[job.id])
+            written = self.queue.insert_succeeded(once, documents, now)
+            for job in once:
+                if job.id in written:
+                    pending.remove(job)
+                    del documents[job.id]
+                else:  # stored by its request meanwhile: completed as an ordinary job
+                    self.completions.forget_predictions(job.id)
+            batch = [entry for entry in batch if entry[0].id not in written]
         overwritten = self._insert([row for rows in documents.values() for row in rows])
         for job_id, rows in documents.items():
             if job_id in overwritten:
@@ -343,11 +314,14 @@ class Engine:
             overwritten.add(row["job"])
         return overwritten
 
-    def _fail_job(self, job: Job, error: str) -> None:
+    def _fail_job(self, job: Job, error: str, for_good: bool = False) -> None:
         if job.held is not None:
             self.queue.insert_held([job])  # a failure is recorded on a stored job
-        self._fail(job.id, job.token, job.attempts, error)
+        self._fail(job.id, job.token, job.attempts, error, for_good)
 
-    def _fail(self, job_id: ObjectId, token: str, attempts: int, error: str) -> None:
-        status = self.queue.fail_attempt(job_id, token, attempts, error)
+    def _fail(
+        self, job_id: ObjectId, token: str, attempts: int, error: str, for_good: bool = False
+    ) -> None:
+        """for_good: never retried (the model crashed or hung on this job alone)."""
+        status = self.queue.fail_attempt(job_id, token, attempts, error, for_good)
         log.warning("job %s attempt %s: %s -> %s", job_id, attempts, error, status or "lease lost")

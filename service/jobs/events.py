@@ -13,7 +13,7 @@ from bson import ObjectId
 
 @dataclass(frozen=True)
 class JobEnded:
-    """A job reached an end: "succeeded", "failed" or "deleted".
+    """A job reached an end: "succeeded", "failed", "cancelled" or "deleted".
 
     fields: what the job's document became, as written by the change that
     ended it (empty for a deletion).

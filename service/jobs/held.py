@@ -7,23 +7,21 @@ finished jobs and their predictions together), and a 201 still means stored: the
 request answers only once its jobs are in the database, whichever way they got
 there.
 
-Who writes a held job is decided once, under its lock:
-- the engine `take`s it when it starts running it, and then writes it (complete,
-  or as an ordinary leased job if it cannot finish in one batch or fails);
-- the request `store`s it (queued and leased, as if it had not been held) if the
-  engine has not taken it by the time the wait is nearly over.
+Who writes a held job is decided when it is written, under its lock:
+- the engine runs it, and when it is about to write it (complete, or as an ordinary
+  leased job if it cannot finish in one batch or fails) takes the locks of the
+  jobs it writes (`Held.writing`): those still unwritten are its to write;
+- the request stores it (queued and leased, as if it had not been held) if it is
+  still unwritten when the wait is nearly over, however long the model call that
+  runs it takes: the engine then finds it stored and treats it as an ordinary job.
 Either way `stored` is set once the document is in the database, or `error` says
-why it could not be written (the request answers 503).
+why it could not be written (the request answers 503). A request never waits for
+the engine: a model that loops cannot make `?wait=` late.
 """
 
 import threading
-from enum import Enum
-
-
-class Taken(Enum):
-    HELD = "held"  # the engine writes it from now on
-    STORED = "stored"  # already in the database: an ordinary job
-    LOST = "lost"  # its write failed: the request answers the error; do not run it
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class Held:
@@ -34,16 +32,11 @@ class Held:
         self.stored = threading.Event()
         self.error: BaseException | None = None
         self._lock = threading.Lock()
-        self._taken = False
 
-    def take(self) -> Taken:
-        """The engine starts running the job: from now on it writes it, unless it is
-        already written (or failed to be)."""
-        with self._lock:
-            if not self.stored.is_set():
-                self._taken = True
-                return Taken.HELD
-            return Taken.LOST if self.error is not None else Taken.STORED
+    @property
+    def lost(self) -> bool:
+        """Its request could not store it: it must not run."""
+        return self.stored.is_set() and self.error is not None
 
     def resolved(self, error: BaseException | None = None) -> None:
         """The document is in the database (error None), or could not be written."""
@@ -64,18 +57,25 @@ class Held:
             h.resolved()
 
     @staticmethod
-    def store_untaken(held: list["Held"], insert) -> None:
-        """The request's turn: write the jobs the engine has not taken, in one insert.
-
-        insert(documents) stores them; its error is theirs, and is raised.
-        """
-        locks = [h._lock for h in held]
+    @contextmanager
+    def writing(held: list["Held"]) -> Iterator[list["Held"]]:
+        """Hold the jobs' locks; yield those not yet written, which the caller writes
+        (with `write`) before the block ends."""
+        locks = [h._lock for h in sorted(held, key=id)]  # one order: no deadlock
         for lock in locks:
             lock.acquire()
         try:
-            untaken = [h for h in held if not h._taken and not h.stored.is_set()]
-            if untaken:
-                Held.write(untaken, lambda: insert([h.document for h in untaken]))
+            yield [h for h in held if not h.stored.is_set()]
         finally:
             for lock in locks:
                 lock.release()
+
+    @staticmethod
+    def store_untaken(held: list["Held"], insert) -> None:
+        """The request's turn: write the jobs nobody wrote yet, in one insert.
+
+        insert(documents) stores them; its error is theirs, and is raised.
+        """
+        with Held.writing(held) as unwritten:
+            if unwritten:
+                Held.write(unwritten, lambda: insert([h.document for h in unwritten]))

@@ -9,8 +9,10 @@ through the owner-scoped store, and hands them to this process's dispatcher
 `?wait=` with the jobs as stored and their predictions.
 """
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from bson import ObjectId
@@ -35,6 +37,8 @@ INLINE_PREDICTION_FIELDS = ("_id", "index", "output", "label", "score")
 
 # How long before the end of a ?wait= the jobs still held in memory are stored queued.
 HOLD_MARGIN_S = 1.0
+# How long a ?wait= request may wait when MAX_WAITING_REQUESTS others already do.
+UNSLOTTED_WAIT_S = 1.0
 
 
 @dataclass
@@ -73,7 +77,6 @@ class JobService:
         self.completions = completions
         self.max_instances = config["MAX_INSTANCES_PER_JOB"]
         self.max_batch_size = config["MAX_BATCH_SIZE"]
-        self.lease_seconds = config["LEASE_SECONDS"]
         # Anonymous callers (authentication off) are one owner, None; Sibyl's own
         # submissions have no quota.
         self.in_flight = InFlight(
@@ -83,8 +86,26 @@ class JobService:
             lambda: QUOTA_READ_EVERY_S,
         )
         self._dispatcher = dispatcher
+        self._wait_slots = threading.BoundedSemaphore(config["MAX_WAITING_REQUESTS"])
         # State changes made for a request (a deletion), with this process's events.
         self._claims = JobQueue(store, "api", 0, 0, completions.events)
+
+    @contextmanager
+    def wait_slot(self, seconds: float) -> Iterator[float]:
+        """The seconds a request may wait: as asked while fewer than MAX_WAITING_REQUESTS
+        wait in this process, else at most UNSLOTTED_WAIT_S (a job that ends as quickly
+        as most do is still answered finished): waiting requests can never hold every
+        request thread for long."""
+        if seconds <= 0:
+            yield 0.0
+            return
+        if not self._wait_slots.acquire(blocking=False):
+            yield min(seconds, UNSLOTTED_WAIT_S)
+            return
+        try:
+            yield seconds
+        finally:
+            self._wait_slots.release()
 
     def submit(self, submitted: list[dict], identity: Identity, watch: bool = False) -> list[dict]:
         """Accept jobs ({model, inputs, tags}) for identity; return their documents as stored.
@@ -133,9 +154,6 @@ class JobService:
                 self.wait(accepted.ids, hold, identity, just_submitted=True)
                 Held.store_untaken(held, store.jobs.insert_many)
                 for h in held:
-                    # Taken by the engine: its write lands within a batch's time.
-                    if not h.stored.wait(self.lease_seconds):
-                        raise RuntimeError("a held job was not written in time")
                     if h.error is not None:
                         raise h.error
             finished = self.await_finished(
@@ -312,3 +330,19 @@ class JobService:
     def deleted(self, job_id: ObjectId) -> None:
         """A deleted job takes its predictions with it."""
         self._claims.deleted(job_id)
+
+    def cancel(self, job_id: ObjectId, identity: Identity) -> bool:
+        """Cancel a queued or running job the identity can see; False if it sees no such job.
+
+        Conflict, naming its status, once the job has finished: an end is not undone.
+        """
+        store = self.store.acting_as(identity)
+        who = " ".join(filter(None, (identity.role, identity.owner))) or "an anonymous caller"
+        # Written through the identity's store: another owner's job is not found.
+        claims = JobQueue(store, "api", 0, 0, self.completions.events)
+        if claims.cancel(job_id, f"cancelled by {who}"):
+            return True
+        job = store.jobs.find_one({"_id": job_id}, {"status": 1})
+        if job is None:
+            return False
+        raise Conflict(f"job is {job['status']}: only a queued or running job can be cancelled")

@@ -6,44 +6,35 @@
    zip's layout, a .keras file's config.json and a SavedModel's reachable
    operations (service/registry/model_scan.py). A refusal here costs milliseconds
    and nothing of the file has run;
-2. `python -I -B -c ...` running service/registry/inspect_model.py in a child: an
-   empty working directory, a minimal environment, limits on memory, file writes
-   (none), open files and time. When Sibyl runs as root, the child imports
-   TensorFlow, then becomes SANDBOX_USER (the interpreter may live where that user
-   cannot read) before it opens the model, which is shared with that user's group,
-   read-only. The child loads the model, checks its batch dimension and test-runs it.
+2. a model runner (service/registry/runner.py), the confined process every job's
+   model call runs in too: it loads the model, checks its batch dimension, and is
+   test-run on zeros; the time of that call sets the model's call time limit.
 """
 
-import json
-import logging
-import os
-import pwd
-import resource
-import subprocess
-import sys
 import tempfile
+import time
 import zipfile
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 from service.registry import model_scan
 from service.registry.model_scan import ModelFileError
+from service.registry.runner import (
+    TEST_ROWS,
+    ModelCallError,
+    ModelRunner,
+    RunnerLimits,
+    RunnerUnavailable,
+    sample_batch,
+)
 
 __all__ = ["ModelFileError", "check_labels", "inspect", "loadable_path", "sniff_format"]
 
-log = logging.getLogger(__name__)
-
-ROOT = Path(__file__).resolve().parents[2]  # where the `service` package lives
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
-# The user the inspection child runs as when Sibyl runs as root.
-SANDBOX_USER = "nobody"
-# TensorFlow holds ~60 descriptors open once imported; a model needs a handful more.
-SANDBOX_MAX_OPEN_FILES = 256
 
 
-def sniff_format(path: Path, max_bytes: int) -> str:
+def sniff_format(path: Path, max_bytes: int, static_scan: bool = True) -> str:
     """Return "keras" or "savedmodel" from the file's bytes, or raise ModelFileError.
 
     Reads the zip's directory and a .keras file's config.json or a SavedModel's
@@ -68,17 +59,19 @@ def sniff_format(path: Path, max_bytes: int) -> str:
     try:
         with zipfile.ZipFile(path) as archive:
             model_scan.check_archive(archive, max_unpacked_bytes=4 * max_bytes)
-            return check_contents(archive, max_bytes)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as error:
-        raise ModelFileError(f"the zip file cannot be read: {error}") from None
+            return check_contents(archive, max_bytes, static_scan)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error):
+        raise ModelFileError("the zip file cannot be read (damaged or truncated?)") from None
 
 
-def check_contents(archive: zipfile.ZipFile, max_bytes: int) -> str:
-    """The format of a checked zip, once its config or its graph passed the scan."""
+def check_contents(archive: zipfile.ZipFile, max_bytes: int, static_scan: bool = True) -> str:
+    """The format of a checked zip, once its config or its graph passed the scan
+    (skipped only by tests that show what the runner's confinement holds alone)."""
     names = archive.namelist()
     if "config.json" in names and "model.weights.h5" in names:
         try:
-            model_scan.check_keras_archive(archive)
+            if static_scan:
+                model_scan.check_keras_archive(archive)
         except ModelFileError as error:
             # The words clients saw when Keras' safe_mode refused a file, and the reason.
             raise ModelFileError(f"not a loadable Keras 3 model: {error}") from None
@@ -92,7 +85,8 @@ def check_contents(archive: zipfile.ZipFile, max_bytes: int) -> str:
             raise ModelFileError(
                 f"saved_model.pb unpacks to {graph_size} bytes; at most {max_bytes} are read"
             )
-        model_scan.check_savedmodel_graph(archive.read(graphs[0]))
+        if static_scan:
+            model_scan.check_savedmodel_graph(archive.read(graphs[0]))
         return "savedmodel"
     raise ModelFileError(
         "a zip file, but neither a Keras 3 .keras file nor a zipped SavedModel "
@@ -103,7 +97,10 @@ def check_contents(archive: zipfile.ZipFile, max_bytes: int) -> str:
 def unpack_savedmodel(archive_path: Path, target: Path) -> Path:
     """Extract a zipped SavedModel and return the folder that holds saved_model.pb."""
     with zipfile.ZipFile(archive_path) as archive:
-        archive.extractall(target)  # paths, links and sizes were checked by sniff_format
+        # Links and sizes were checked by sniff_format; the names again here, since
+        # extraction would overwrite a file named twice (a stored model's too).
+        model_scan.check_member_names(archive)
+        archive.extractall(target)
     found = next(target.rglob("saved_model.pb"), None)
     if found is None:
         raise ModelFileError("no saved_model.pb in the archive")
@@ -121,99 +118,28 @@ def loadable_path(path: Path, model_format: str, workdir: Path) -> Path:
     return keras_path
 
 
-def sandbox_user() -> tuple[int, int] | None:
-    """(uid, gid) the child drops to when Sibyl runs as root; None when it need not."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        user = pwd.getpwnam(SANDBOX_USER)
-    except KeyError:
-        log.warning("no user %r: model inspection runs as root", SANDBOX_USER)
-        return None
-    return user.pw_uid, user.pw_gid
-
-
-def sandbox_limits(memory_mb: int) -> Callable[[], None]:
-    """The child's preexec function: its address space, no file writes, few open files."""
-
-    def limit() -> None:
-        cap = memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-        # Not one byte may be written to any file (Python ignores SIGXFSZ: writes
-        # fail with EFBIG); no core dumps either.
-        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (SANDBOX_MAX_OPEN_FILES, SANDBOX_MAX_OPEN_FILES))
-
-    return limit
-
-
-def share_with_sandbox(path: Path, gid: int) -> None:
-    """Let the sandbox's group read (never write) path and everything under it."""
-    for item in [path, *(path.rglob("*") if path.is_dir() else [])]:
-        os.chown(item, -1, gid, follow_symlinks=False)
-        os.chmod(item, 0o750 if item.is_dir() else 0o640)
-
-
-def child_command(model_format: str, path: Path, user: tuple[int, int] | None) -> list[str]:
-    """`python -I -B -c ...`: isolated from the environment, the cwd and user site-packages."""
-    code = (
-        f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
-        "from service.registry.inspect_model import main; main(sys.argv[1:])"
-    )
-    command = [sys.executable, "-I", "-B", "-c", code, model_format, str(path)]
-    if user is not None:
-        command.append(f"--drop-to={user[0]}:{user[1]}")
-    return command
-
-
-def inspect_in_child(path: Path, model_format: str, timeout_s: float, memory_mb: int) -> dict:
-    """Load the model in a sandboxed child process; return its signature."""
-    user = sandbox_user()
-    with tempfile.TemporaryDirectory(prefix="sibyl-sandbox-") as empty:
-        cwd = Path(empty)
-        if user is not None:
-            share_with_sandbox(cwd, user[1])
-        try:
-            finished = subprocess.run(
-                child_command(model_format, path, user),
-                cwd=cwd,
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-                preexec_fn=sandbox_limits(memory_mb),
-                env={
-                    "PATH": "/usr/bin:/bin",
-                    "HOME": str(cwd),
-                    "TF_CPP_MIN_LOG_LEVEL": "3",
-                    "CUDA_VISIBLE_DEVICES": "",
-                },
-            )
-        except subprocess.TimeoutExpired:
-            raise ModelFileError(f"loading the model took longer than {timeout_s:g} s") from None
-    lines = finished.stdout.strip().splitlines()
-    try:
-        result = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        if "MemoryError" in finished.stderr or "bad_alloc" in finished.stderr:
-            raise ModelFileError(f"loading the model needed more than {memory_mb} MB") from None
-        tail = finished.stderr.strip().splitlines()[-1:] or [f"exit code {finished.returncode}"]
-        raise ModelFileError(f"the model could not be loaded: {tail[0][:300]}") from None
-    if "error" in result:
-        raise ModelFileError(result["error"])
-    return result["signature"]
-
-
-def inspect(path: Path, *, max_bytes: int, timeout_s: float, memory_mb: int) -> dict:
-    """Check a model file statically, then load it in a sandboxed child: {"format", "signature"}."""
-    model_format = sniff_format(path, max_bytes)
+@model_scan.refusals_in_client_words
+def inspect(path: Path, *, max_bytes: int, limits: RunnerLimits) -> dict:
+    """Check a model file statically, then load and test-run it in a model runner:
+    {"format", "signature", "test_call_ms"}."""
+    model_format = sniff_format(path, max_bytes, static_scan=limits.static_scan)
     with tempfile.TemporaryDirectory(prefix="sibyl-model-") as workdir:
         loadable = loadable_path(path, model_format, Path(workdir))
-        user = sandbox_user()
-        if user is not None:
-            share_with_sandbox(Path(workdir), user[1])
-        signature = inspect_in_child(loadable, model_format, timeout_s, memory_mb)
-    return {"format": model_format, "signature": signature}
+        runner = ModelRunner(loadable, model_format, limits)
+        try:
+            signature = runner.start()
+            # A model that cannot run on a sample input cannot serve jobs either.
+            sample = sample_batch(signature["inputs"], TEST_ROWS)
+            started = time.perf_counter()
+            runner.predict(sample, limits.load_timeout_s)
+            test_call_ms = (time.perf_counter() - started) * 1000
+        except RunnerUnavailable as error:
+            raise ModelFileError(str(error)) from None
+        except ModelCallError as error:
+            raise ModelFileError(f"the model failed on a sample input: {error}") from None
+        finally:
+            runner.stop()
+    return {"format": model_format, "signature": signature, "test_call_ms": test_call_ms}
 
 
 def check_labels(labels: list[str] | None, signature: dict) -> None:

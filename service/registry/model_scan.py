@@ -3,28 +3,37 @@
 Every check here costs milliseconds and imports neither TensorFlow nor Keras, so
 it runs in the API process before the sandboxed child is started:
 
-- `check_archive`: the zip itself (member names, links, encryption, declared
-  sizes and compression ratios, read without extracting anything);
+- `check_archive`: the zip itself (member names in normal form and each once,
+  links, encryption, declared sizes and compression ratios, read without
+  extracting anything);
 - `check_keras_config`: a .keras file's config.json, walked against an allow-list
   of Keras classes (no Lambda, no module or function outside Keras, no file paths);
 - `check_savedmodel_graph`: the operations a SavedModel can run, followed from its
   `serving_default` signature and from what `tf.saved_model.load` itself runs,
   against an allow-list of inference operations (no file, dataset, Python,
-  process or network operations).
+  process or network operations); an object graph the loader could read
+  differently from the scan is refused.
 
 Each raises `ModelFileError` with the reason. Allow-lists fail closed: what is
-not listed is refused, and the message names it.
+not listed is refused, and the message names it. `refusals_in_client_words`
+keeps raw exception texts and server paths out of what a client is told.
 """
 
+import functools
 import json
+import logging
 import re
 import stat
+import sys
+import tempfile
 import zipfile
-from collections.abc import Iterator
-from pathlib import PurePosixPath
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path, PurePosixPath
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
+
+log = logging.getLogger(__name__)
 
 
 class ModelFileError(ValueError):
@@ -39,6 +48,10 @@ MAX_COMPRESSION_RATIO = 200
 RATIO_FLOOR_BYTES = 1024 * 1024  # small members may compress as they like
 ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
 WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+# Linux's limit for one name; a whole path stays well below PATH_MAX once the
+# temporary folder it is unpacked into is put before it.
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 1024
 
 
 def check_archive(archive: zipfile.ZipFile, max_unpacked_bytes: int) -> None:
@@ -50,12 +63,9 @@ def check_archive(archive: zipfile.ZipFile, max_unpacked_bytes: int) -> None:
     members = archive.infolist()
     if len(members) > MAX_MEMBERS:
         raise ModelFileError(f"the archive has {len(members)} files; at most {MAX_MEMBERS}")
-    names = [member.filename for member in members]
-    if len(set(names)) != len(names):
-        raise ModelFileError("the archive holds the same path twice")
+    check_member_names(archive)
     unpacked = 0
     for member in members:
-        check_member_name(member.filename)
         if stat.S_ISLNK(member.external_attr >> 16):
             raise ModelFileError(f"the archive holds a symbolic link ({member.filename!r})")
         if member.flag_bits & 0x1:
@@ -81,16 +91,55 @@ def check_archive(archive: zipfile.ZipFile, max_unpacked_bytes: int) -> None:
             )
 
 
+def check_member_names(archive: zipfile.ZipFile) -> None:
+    """Every member's name is the path it unpacks to, and names each path once.
+
+    zipfile.extractall drops `.`, `..` and empty components, so `m/./x` would
+    overwrite `m/x` once unpacked: a name must already be in that normal form, and
+    duplicates are then plain. Keras reads a .keras file's members by exact name.
+    """
+    entries: set[str] = set()
+    files: set[str] = set()
+    folders: set[str] = set()
+    for name in archive.namelist():
+        check_member_name(name)
+        path = name.removesuffix("/")  # a folder's own entry ends with "/"
+        if path in entries:
+            raise ModelFileError(f"the archive holds {path[:100]!r} twice")
+        entries.add(path)
+        (folders if name.endswith("/") else files).add(path)
+        folders.update(str(parent) for parent in PurePosixPath(path).parents)
+    clash = files & folders
+    if clash:
+        raise ModelFileError(
+            f"the archive holds {min(clash)[:100]!r} both as a file and as a folder"
+        )
+
+
 def check_member_name(name: str) -> None:
-    """A member's path must stay inside the folder it is unpacked into, on any system."""
+    """A member's path stays inside the folder it is unpacked into, on any system, and
+    is written in normal form (no `.` or empty components)."""
+    parts = name.removesuffix("/").split("/")
     if (
         name.startswith("/")
         or "\\" in name
         or "\x00" in name
         or WINDOWS_DRIVE.match(name)
-        or ".." in PurePosixPath(name).parts
+        or ".." in parts
     ):
         raise ModelFileError(f"the archive has paths outside its own folder ({name[:100]!r})")
+    if any(part in ("", ".") for part in parts):
+        raise ModelFileError(
+            f"the archive has a path with '.' or empty components ({name[:100]!r}): "
+            "zip the model's folder again with a zip tool"
+        )
+    if len(name.encode()) > MAX_PATH_BYTES or any(
+        len(part.encode()) > MAX_NAME_BYTES for part in parts
+    ):
+        raise ModelFileError(
+            f"a file name in the archive is too long: at most {MAX_NAME_BYTES} bytes "
+            f"per name and {MAX_PATH_BYTES} per path"
+        )
 
 
 # --- .keras: config.json ------------------------------------------------------------
@@ -214,7 +263,9 @@ FILE_KEYS = {"vocabulary", "idf_weights", "filepath", "file_path", "path", "file
 
 
 def check_keras_archive(archive: zipfile.ZipFile) -> None:
-    """A .keras file: only its three known members, and a config.json that names only Keras."""
+    """A .keras file: only its three known members, each once, and a config.json that
+    names only Keras."""
+    check_member_names(archive)
     extra = sorted(set(archive.namelist()) - KERAS_MEMBERS)
     if extra:
         raise ModelFileError(
@@ -243,9 +294,10 @@ def check_keras_config(config) -> None:
             and key is not None
             and (key in FILE_KEYS or PATH_LIKE.search(value))
         ):
+            # The value is not quoted: a path of the server never reaches a client.
             raise ModelFileError(
-                f"config.json: {path} is {value[:80]!r}, a file path: a model may not read "
-                "files of the server (a lookup layer's vocabulary must be given as a list)"
+                f"config.json: {path} is a file path: a model may not read files of the "
+                "server (a lookup layer's vocabulary must be given as a list)"
             )
 
 
@@ -324,13 +376,20 @@ _PROTO_FIELDS: dict[str, dict[str, tuple[int, str, bool]]] = {
     "SavedObjectGraph": {"nodes": (1, "SavedObject", True)},
     "SavedObject": {
         "children": (1, "ObjectReference", True),
+        "dependencies": (15, "ObjectReference", True),
+        "user_object": (4, "SavedUserObject", False),
+        "asset": (5, "bytes", False),
         "function": (6, "SavedFunction", False),
+        "variable": (7, "bytes", False),
         "bare_concrete_function": (8, "SavedBareConcreteFunction", False),
+        "constant": (9, "bytes", False),
         "resource": (10, "SavedResource", False),
         "saveable_objects": (11, "SaveableEntry", True),
         "captured_tensor": (12, "SavedCapturedTensor", False),
+        "registered_name": (13, "string", False),
     },
     "ObjectReference": {"node_id": (1, "int32", False), "local_name": (2, "string", False)},
+    "SavedUserObject": {"identifier": (1, "string", False)},
     "SavedFunction": {"concrete_functions": (1, "string", True)},
     "SavedBareConcreteFunction": {"concrete_function_name": (1, "string", False)},
     "SavedResource": {"device": (1, "string", False)},
@@ -341,6 +400,21 @@ _PROTO_FIELDS: dict[str, dict[str, tuple[int, str, bool]]] = {
     },
     "SavedCapturedTensor": {"concrete_function": (2, "string", False)},
 }
+# An object's kind is a oneof: of several kinds in the file, the last one is the
+# object's, for TensorFlow and for the scan alike, so every kind is declared here
+# (those the scan does not read as bytes).
+_SAVED_OBJECT_KINDS = frozenset(
+    {
+        "user_object",
+        "asset",
+        "function",
+        "variable",
+        "bare_concrete_function",
+        "constant",
+        "resource",
+        "captured_tensor",
+    }
+)
 _PROTO_PACKAGE = "sibyl.savedmodel_scan"
 
 
@@ -349,12 +423,15 @@ def _saved_model_class():
     scalar = {
         "string": descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
         "int32": descriptor_pb2.FieldDescriptorProto.TYPE_INT32,
+        "bytes": descriptor_pb2.FieldDescriptorProto.TYPE_BYTES,
     }
     file = descriptor_pb2.FileDescriptorProto(
         name="sibyl_savedmodel_scan.proto", package=_PROTO_PACKAGE, syntax="proto3"
     )
     for message_name, fields in _PROTO_FIELDS.items():
         message = file.message_type.add(name=message_name)
+        if message_name == "SavedObject":
+            message.oneof_decl.add(name="kind")
         for field_name, (number, kind, repeated) in fields.items():
             field = message.field.add(
                 name=field_name,
@@ -363,6 +440,8 @@ def _saved_model_class():
                 if repeated
                 else descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
             )
+            if message_name == "SavedObject" and field_name in _SAVED_OBJECT_KINDS:
+                field.oneof_index = 0
             if kind in scalar:
                 field.type = scalar[kind]
             else:
@@ -465,12 +544,21 @@ def check_savedmodel_graph(saved_model_pb: bytes) -> None:
 
 
 def savedmodel_ops(saved_model_pb: bytes) -> dict[str, set[str]]:
-    """The operation types serving or loading the SavedModel can run: {op: {function, ...}}."""
+    """The operation types serving or loading the SavedModel can run: {op: {function, ...}}.
+
+    Only what is reachable counts, not every op of the file: every SavedModel that
+    tf.saved_model.save or Keras' export() writes holds the checkpoint functions
+    (SaveV2, RestoreV2, MergeV2Checkpoints, ShardedFilename), which
+    tf.saved_model.load never calls. What the loader could read differently from
+    this scan is refused instead (see _functions_run).
+    """
     saved_model = SavedModelProto()
     try:
         saved_model.ParseFromString(saved_model_pb)
     except (DecodeError, RecursionError):
-        raise ModelFileError("saved_model.pb is not a SavedModel protocol buffer") from None
+        raise ModelFileError(
+            "saved_model.pb is not a SavedModel protocol buffer, or is nested too deeply"
+        ) from None
     if len(saved_model.meta_graphs) != 1 or not saved_model.meta_graphs[0].HasField(
         "object_graph_def"
     ):
@@ -479,9 +567,11 @@ def savedmodel_ops(saved_model_pb: bytes) -> dict[str, set[str]]:
             "save the model with tf.saved_model.save or Keras' model.export()"
         )
     meta_graph = saved_model.meta_graphs[0]
-    library = {
-        function.signature.name: function for function in meta_graph.graph_def.library.function
-    }
+    functions = meta_graph.graph_def.library.function
+    twice = _named_twice(function.signature.name for function in functions)
+    if twice is not None:
+        raise ModelFileError(f"the SavedModel defines the function {twice} twice")
+    library = {function.signature.name: function for function in functions}
     roots = _functions_run(meta_graph.object_graph_def)
     missing = sorted(roots - library.keys())
     if missing:
@@ -510,13 +600,28 @@ def savedmodel_ops(saved_model_pb: bytes) -> dict[str, set[str]]:
     return ops
 
 
+# The classes a SavedModel's object may name as its `registered_name`: those
+# TensorFlow registers for tf.saved_model (a test checks them). The loader builds
+# such an object with the class's own code; a StaticHashTable becomes a resource.
+REGISTERED_CLASSES = frozenset({"tf.StaticHashTable", "tf.TrackableConstant"})
+
+
 def _functions_run(object_graph) -> set[str]:
     """Functions run by serving `serving_default` and by tf.saved_model.load itself.
 
-    Loading calls the functions of resources (their creators and initialisers; the
-    destructors run when they are freed) and the restore functions of saveable
-    objects (their save functions are counted too). The checkpoint functions of the
-    graph (SaveV2, RestoreV2) are called by neither, nor are other methods.
+    The object graph is read as TensorFlow's loader reads it, and what it could read
+    otherwise is refused: a name twice under one object (the loader keeps the last
+    child of a name; `serving_default` twice once ran a second, unscanned function),
+    a class the loader would build with code of its own, and a root `signatures`
+    other than the graph's one signature map (another object, looked up, could run
+    a function of its own). Names are compared as they are: the loader looks
+    signatures up by exact name and normalises none on this path.
+
+    Loading calls the functions of resources, and of registered classes that become
+    resources: their creators (a child or a dependency), initialisers and
+    destructors; and the restore functions of saveable objects (their save
+    functions are counted too). The checkpoint functions of the graph (SaveV2,
+    RestoreV2) are called by neither, nor are other methods.
     """
     nodes = object_graph.nodes
     if not nodes:
@@ -536,14 +641,38 @@ def _functions_run(object_graph) -> set[str]:
             names.add(saved.bare_concrete_function.concrete_function_name)
         return names
 
+    for saved in nodes:
+        for references in (saved.children, saved.dependencies):
+            twice = _named_twice(ref.local_name for ref in references)
+            if twice is not None:
+                raise ModelFileError(
+                    f"the SavedModel's object graph names {twice[:100]!r} twice under one "
+                    "object: TensorFlow would use only the last; save the model again"
+                )
+        if saved.registered_name and saved.registered_name not in REGISTERED_CLASSES:
+            raise ModelFileError(
+                f"the SavedModel has an object of class {saved.registered_name[:100]!r}, "
+                "which Sibyl does not accept"
+            )
+
+    signature_maps = [
+        node_id
+        for node_id, saved in enumerate(nodes)
+        if saved.HasField("user_object") and saved.user_object.identifier == "signature_map"
+    ]
     signatures = child(node(0), "signatures")
     serving = None if signatures is None else child(node(signatures), SERVING_SIGNATURE)
     roots = set() if serving is None else functions_of(node(serving))
     if not roots:
         raise ModelFileError(f"the SavedModel has no {SERVING_SIGNATURE!r} signature")
+    if signature_maps != [signatures]:
+        raise ModelFileError(
+            "the SavedModel's signatures must be one signature map, the root object's "
+            "`signatures`: save the model with tf.saved_model.save or Keras' model.export()"
+        )
     for saved in nodes:
-        if saved.HasField("resource"):  # _create_resource, _initialize, _destroy_resource
-            for ref in saved.children:
+        if saved.HasField("resource") or saved.registered_name:
+            for ref in [*saved.children, *saved.dependencies]:
                 roots |= functions_of(node(ref.node_id))
         for saveable in saved.saveable_objects:
             roots |= functions_of(node(saveable.value.save_function))
@@ -551,6 +680,16 @@ def _functions_run(object_graph) -> set[str]:
         if saved.HasField("captured_tensor"):
             roots.add(saved.captured_tensor.concrete_function)
     return roots
+
+
+def _named_twice(names: Iterable[str]) -> str | None:
+    """The first name that occurs a second time, or None."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
 
 
 def _functions_named(value, depth: int) -> Iterator[str]:
@@ -563,3 +702,54 @@ def _functions_named(value, depth: int) -> Iterator[str]:
         yield func.name
         for attr in func.attr:
             yield from _functions_named(attr.value, depth + 1)
+
+
+# --- refusals, as a client reads them ----------------------------------------------------
+
+# Failures whose own words are Python's, protobuf's or TensorFlow's (and often quote
+# a path of the server), in words the uploader can act on.
+KNOWN_FAILURES = (
+    (re.compile(r"MaxDepth"), "saved_model.pb is nested too deeply"),  # protobuf's limit
+    (
+        re.compile(r"maximum recursion depth"),
+        "the model is nested too deeply to be loaded (layers, structures or functions "
+        "nested in one another)",
+    ),
+    (re.compile(r"File name too long|Errno 36\b"), "a file name in the archive is too long"),
+)
+WITHHELD = (
+    "the model could not be loaded, for a reason the server logged but does not show: "
+    "check that it loads with keras.saving.load_model(path, safe_mode=True) or "
+    "tf.saved_model.load(path)"
+)
+ROOT = Path(__file__).resolve().parents[2]  # where the `service` package lives
+SERVER_PLACES = (tempfile.gettempdir(), "/tmp/", str(ROOT), sys.prefix, sys.base_prefix)
+
+
+def in_client_words(message: str, raw: bool = False) -> str:
+    """A refusal as a 422 may say it: a known failure in the uploader's words, never a
+    path of the server; a raw exception's text (raw) only as a known failure."""
+    for pattern, words in KNOWN_FAILURES:
+        if pattern.search(message):
+            return words
+    if raw or any(place in message for place in SERVER_PLACES):
+        log.warning("a refusal withheld from the client: %s", message)
+        return WITHHELD
+    return message
+
+
+def refusals_in_client_words(inspect: Callable[..., dict]) -> Callable[..., dict]:
+    """Every failure of `inspect` as a ModelFileError in a client's words: Eve answers
+    any other exception's raw text in the 422, and raw texts quote server paths."""
+
+    @functools.wraps(inspect)
+    def inspected(*args, **kwargs) -> dict:
+        try:
+            return inspect(*args, **kwargs)
+        except ModelFileError as error:
+            raise ModelFileError(in_client_words(str(error))) from None
+        except Exception as error:
+            log.exception("checking an uploaded model failed")
+            raise ModelFileError(in_client_words(str(error), raw=True)) from None
+
+    return inspected

@@ -28,8 +28,9 @@ class ModelLoadError(ValueError):
 class CompiledModel:
     """A loaded model: load() once, predict(batch) many times."""
 
-    def __init__(self, path: str, model_format: str):
-        check_statically(path, model_format)
+    def __init__(self, path: str, model_format: str, static_scan: bool = True):
+        if static_scan:
+            check_statically(path, model_format)
         if model_format == "keras":
             self._load_keras(path)
         elif model_format == "savedmodel":
@@ -106,15 +107,6 @@ class CompiledModel:
         """Run one batch: {input name: array with the batch first} -> output array."""
         tensors = [batch[spec["name"]] for spec in self.inputs]
         return np.asarray(self._call(*tensors))
-
-    def sample_batch(self, size: int = 1) -> dict[str, np.ndarray]:
-        """Zeros shaped like the inputs (open dimensions as 1), to test-run a model."""
-        return {
-            spec["name"]: np.zeros(
-                [size] + [1 if d is None else d for d in spec["shape"][1:]], dtype=spec["dtype"]
-            )
-            for spec in self.inputs
-        }
 
 
 def check_statically(path: str, model_format: str) -> None:

@@ -1,0 +1,54 @@
+"""Arrays between the API and a model runner: one message, no pickles.
+
+A message is a JSON header, a newline, then each array's raw bytes in order:
+{"arrays": [[name, dtype, shape], ...]} or {"error": "..."}. Only numeric and
+boolean dtypes are read back, so a hostile runner can send nothing but numbers.
+"""
+
+import json
+
+import numpy as np
+
+NUMERIC_KINDS = "biuf"
+
+
+class FrameError(ValueError):
+    """A message that is not a well-formed frame."""
+
+
+def pack(arrays: dict[str, np.ndarray]) -> bytes:
+    contiguous = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
+    header = [[name, a.dtype.str, list(a.shape)] for name, a in contiguous.items()]
+    parts = [json.dumps({"arrays": header}).encode(), b"\n"]
+    parts += [a.tobytes() for a in contiguous.values()]
+    return b"".join(parts)
+
+
+def pack_error(message: str) -> bytes:
+    return json.dumps({"error": message}).encode() + b"\n"
+
+
+def unpack(message: bytes) -> dict[str, np.ndarray]:
+    """The arrays of a message, or {"error": message} for an error message."""
+    end = message.find(b"\n")
+    try:
+        header = json.loads(message[:end])
+        if "error" in header:
+            return {"error": str(header["error"])}
+        arrays, offset = {}, end + 1
+        for name, dtype_text, shape in header["arrays"]:
+            dtype = np.dtype(dtype_text)
+            if dtype.kind not in NUMERIC_KINDS or not all(isinstance(d, int) for d in shape):
+                raise FrameError(f"refused array {name!r}: {dtype_text} {shape}")
+            size = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+            if size < 0 or offset + size > len(message):
+                raise FrameError(f"array {name!r} is longer than the message")
+            arrays[str(name)] = np.frombuffer(message, dtype, int(np.prod(shape)), offset).reshape(
+                shape
+            )
+            offset += size
+    except (ValueError, TypeError, KeyError) as error:
+        raise FrameError(f"unreadable message: {str(error)[:100]}") from None
+    if offset != len(message):
+        raise FrameError("the message has bytes after its arrays")
+    return arrays
