@@ -58,6 +58,7 @@ FULL = {
     "analyst_requests": 200,
     "analyst_seconds": 30.0,
     "limit_seconds": 2.0,
+    "runner_calls": 300,
     "access_concurrency": 32,
     "access_turns": 4,
 }
@@ -74,6 +75,7 @@ QUICK = {
     "analyst_requests": 10,
     "analyst_seconds": 5.0,
     "limit_seconds": 0.2,
+    "runner_calls": 30,
     "access_concurrency": 4,
     "access_turns": 2,
 }
@@ -372,6 +374,54 @@ def access_control_cost(sibyl: Server, workdir: Path, sizes: dict, key: str) -> 
     }
 
 
+def two_workers(
+    sibyl: Server, workdir: Path, model_dir: Path, sizes: dict, key: str, one_worker: dict
+) -> dict:
+    """Single-instance iris jobs through the same-work app with 2 workers, then through
+    a second Sibyl API with SIBYL_WEB_WORKERS=2 on the same database: the end-to-end
+    load of iris at the most clients, in the same order; beside them one_worker, that
+    load's end-to-end row (1 worker each)."""
+    import settings
+
+    bounds = dict(
+        concurrency=one_worker["concurrency"],
+        max_requests=sizes["max_requests"],
+        max_seconds=sizes["max_seconds"],
+    )
+    mongo_uri = (workdir / "db" / "uri").read_text().strip()
+    baseline = start_baseline("same_work", model_dir, workdir, 2, settings.WEB_THREADS, mongo_uri)
+    try:
+        with second_api(sibyl, workdir, "two-workers", {"SIBYL_WEB_WORKERS": "2"}, key) as api:
+            baseline.wait_until_healthy()
+            row = {"workers": 2}
+            sides = {
+                "same_work": (baseline, "/predict", {}),
+                "sibyl": (
+                    api,
+                    "/v1/jobs?wait=30",
+                    {"is_success": succeeded, "headers": bearer(key)},
+                ),
+            }
+            for name, (server, path, options) in sides.items():
+                result, cpu = loaded(server, sibyl, path, iris_body, bounds, **options)
+                row[name] = {**result.summary(), "cpu_ms_per_job": per_job(cpu, result.requests)}
+    finally:
+        baseline.stop()
+    row.update(ratios(row["same_work"], row["sibyl"]))
+    first = {
+        "workers": 1,
+        "same_work": one_worker["same_work"],
+        "sibyl": one_worker["sibyl"],
+        **one_worker["sibyl_against"]["same_work"],
+    }
+    print(
+        f"  iris c={bounds['concurrency']}, 2 workers: Sibyl {row['throughput_ratio']}x "
+        f"same work jobs/s (1 worker: {first['throughput_ratio']}x)",
+        flush=True,
+    )
+    return {"concurrency": bounds["concurrency"], "rows": [first, row]}
+
+
 def ratios(base: dict, measured: dict) -> dict:
     """Measured over base: jobs/s, p50 and p99."""
     return {
@@ -594,8 +644,95 @@ def expensive_model_markdown(results: dict) -> list[str]:
     return lines
 
 
+def workers_markdown(results: dict) -> list[str]:
+    """Sibyl and the same-work app with 1 and with 2 gunicorn workers each."""
+    workers = results["workers"]
+    lines = [
+        "",
+        f"## Two gunicorn workers: iris jobs at {workers['concurrency']} clients, Sibyl "
+        "against the same work with as many workers",
+        "",
+        "2 workers: a second Sibyl API with SIBYL_WEB_WORKERS=2 on the same database (each "
+        "worker runs its own model runners), and the same-work app under gunicorn with 2 "
+        "workers, loaded one after the other. 1 worker: the end-to-end row above, measured "
+        "earlier in the run.",
+        "",
+        "| workers | same work jobs/s | Sibyl jobs/s | ratio | same work p50 ms | Sibyl p50 ms "
+        "| p50 ratio | same work p99 ms | Sibyl p99 ms | CPU ms per job (API · DB): same "
+        "work → Sibyl |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in workers["rows"]:
+        same, ours = row["same_work"], row["sibyl"]
+        lines.append(
+            f"| {row['workers']} {paired_cells(same, ours, row)} "
+            f"| {joined(same['cpu_ms_per_job'].values())} → "
+            f"{joined(ours['cpu_ms_per_job'].values())} |"
+        )
+    one, two = workers["rows"]
+    gain = {
+        name: two[name]["throughput_per_s"] / one[name]["throughput_per_s"]
+        for name in ("same_work", "sibyl")
+    }
+    lines.append(
+        f"\n2 workers against 1: Sibyl **{gain['sibyl']:.2f}×** its jobs/s, the same-work "
+        f"app {gain['same_work']:.2f}×."
+    )
+    return lines
+
+
+def runner_markdown(results: dict) -> list[str]:
+    """Each model in this process against a model runner, and the issue's goals."""
+    costs = results["runner"]
+    calls = next(iter(costs.values()))["calls_at_1"]
+    lines = [
+        "",
+        "## Model runner: the IPC hop per batch",
+        "",
+        "Each model file called in the bench's process (`CompiledModel`, as the API "
+        "did before runners) and through a `ModelRunner` on the same file (a confined "
+        "child process: the batch and the output each cross a socket, framed as raw "
+        f"array bytes), on zeros: p50 of {calls} calls at batch 1, rows/s at the larger "
+        "batches.",
+        "",
+        "| model | batch | in-process | runner | difference |",
+        "|---|---|---|---|---|",
+    ]
+    for name, cost in costs.items():
+        inside, outside = cost["in_process"], cost["runner"]
+        lines.append(
+            f"| {name} | 1 | {inside['p50_ms_at_1']} ms | {outside['p50_ms_at_1']} ms "
+            f"| **{cost['extra_ms_at_1']:+.3f} ms** |"
+        )
+        for size, fewer in cost["fewer_rows_per_s"].items():
+            lines.append(
+                f"| {name} | {size} | {inside['rows_per_s'][size]} rows/s "
+                f"| {outside['rows_per_s'][size]} rows/s "
+                f"| **{abs(fewer):.1%} {'fewer' if fewer >= 0 else 'more'}** |"
+            )
+
+    def verdict(met: bool) -> str:
+        return "met" if met else "**not met**"
+
+    extra = {name: cost["extra_ms_at_1"] for name, cost in costs.items()}
+    fewer = {name: cost["fewer_rows_per_s"]["32"] for name, cost in costs.items()}
+    goals = (
+        "\nGoals (issue 18): at most 0.3 ms more per call at p50: "
+        f"{joined(f'{name} {ms:+.3f} ms' for name, ms in extra.items())}, "
+        f"{verdict(max(extra.values()) <= 0.3)}; at most 5% fewer rows/s at batch 32: "
+        f"{joined(f'{name} {share:.1%}' for name, share in fewer.items())}, "
+        f"{verdict(max(fewer.values()) <= 0.05)}."
+    )
+    restarted = [name for name, cost in costs.items() if cost["runner_restarted"]]
+    if restarted:
+        goals += f" Restarted while measured (a model load timed too): {', '.join(restarted)}."
+    lines.append(goals)
+    return lines
+
+
 def markdown(results: dict) -> str:
-    lines = end_to_end_markdown(results) + expensive_model_markdown(results)
+    lines = end_to_end_markdown(results) + workers_markdown(results)
+    lines += expensive_model_markdown(results)
     cost = results["write_concern"]
     lines += [
         "",
@@ -649,6 +786,7 @@ def markdown(results: dict) -> str:
             f"{rates['bare_call_ms']} ms: **{ratio:.2f}×** |"
         )
     lines.append(f"| insert_many of prediction documents | {limit['docs_per_s']} docs/s |")
+    lines += runner_markdown(results)
     lines += ["", "## Analyst page: GET /v1/predictions?where={label}&max_results=25", ""]
     lines += [
         "| stored predictions | API p50 ms | PyMongo find + JSON p50 ms | ratio |",
@@ -798,6 +936,13 @@ def main(argv: list[str] | None = None) -> int:
             rows = end_to_end(sibyl, baselines, tiny_model_loads(sizes), keys["client"])
             results["end_to_end"] = rows
 
+        with section("workers", "two gunicorn workers, Sibyl and the same-work app"):
+            most = max(sizes["concurrency"])
+            (one_worker,) = [r for r in rows if (r["model"], r["concurrency"]) == ("iris", most)]
+            results["workers"] = two_workers(
+                sibyl, workdir, model_dir, sizes, keys["client"], one_worker
+            )
+
         with section("write_concern", "durable writes against w:1 without journal"):
             results["write_concern"] = write_concern_cost(sibyl, workdir, sizes, keys["client"])
 
@@ -814,6 +959,18 @@ def main(argv: list[str] | None = None) -> int:
             docs_per_s = limits.insert_rate(db, settings.MAX_BATCH_SIZE, 4 if args.quick else 40)
             iris_rows_per_s = models["iris"]["rows_per_s"][str(settings.MAX_BATCH_SIZE)]
             results["limit"] = {"models": models, "docs_per_s": round(docs_per_s)}
+
+        # What running a model in a runner costs, against the compiled call above.
+        runner_cost = functools.partial(
+            limits.runner_cost,
+            batch_sizes=[32, settings.MAX_BATCH_SIZE],
+            calls=sizes["runner_calls"],
+            min_seconds=sizes["limit_seconds"],
+        )
+        with section("runner", "the model runner against the in-process call"):
+            results["runner"] = {
+                name: runner_cost(str(model_paths[name])) for name in sample_inputs()
+            }
 
         with section("bulk", "bulk job"):
             limit_for_bulk = {"rows_per_s": iris_rows_per_s, "docs_per_s": docs_per_s}
@@ -839,9 +996,10 @@ def main(argv: list[str] | None = None) -> int:
             forget_load(db)
             results["cnn"]["idle_after_s"] = wait_until_idle(sibyl, 60)
 
-        with section("cnn_limit", "the expensive model's in-process limit"):
+        with section("cnn_limit", "the expensive model's in-process limit and runner"):
             limit = expensive_model_limit(cnn_path, db, sizes, batches, cnn_row)
             results["cnn"]["limit"] = limit
+            results["runner"][CNN] = runner_cost(str(cnn_path))
 
         with section("analyst", "analyst queries"):
             results["analyst"] = analyst_queries(sibyl.url, db, sizes, keys["analyst"])

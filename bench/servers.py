@@ -158,4 +158,5 @@ def start_baseline(
         "BASELINE_MONGO_URI": mongo_uri,
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
-    return Server(name, command, env, port, "/healthz", workdir / f"{name}.log")
+    log = workdir / f"{name}-{workers}-workers.log"  # one app may run with 1 and 2 at once
+    return Server(name, command, env, port, "/healthz", log)

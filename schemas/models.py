@@ -22,7 +22,7 @@ MODELS = {
         "name": MODEL_NAME,
         # Assigned on upload: 1, 2, ... per name.
         "version": READONLY_INT,
-        # The model file, kept in GridFS; loaded in a sandboxed child process
+        # The model file, kept in GridFS; loaded in a model runner (a confined process)
         # on upload (service/api/validation.py) and refused if it cannot be served.
         "file": {"type": "media", "required": True, "model_file": True},
         "format": {"type": "string", "readonly": True},

@@ -60,6 +60,27 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
             assert row[side]["requests"] > 0
     assert access["throughput_ratio"] > 0
     assert "## Access control" in finished.stdout
+    # Two gunicorn workers for Sibyl and the same-work app, beside the 1-worker row.
+    workers = results["workers"]
+    assert workers["concurrency"] == 4
+    assert [row["workers"] for row in workers["rows"]] == [1, 2]
+    for row in workers["rows"]:
+        for side in ("same_work", "sibyl"):
+            assert row[side]["errors"] == 0
+            assert row[side]["requests"] > 0
+        assert row["throughput_ratio"] > 0
+    assert "## Two gunicorn workers" in finished.stdout
+    # Each model in this process and through a model runner, on the same file.
+    runner = results["runner"]
+    assert list(runner) == ["iris", "digits", "cnn"]
+    for cost in runner.values():
+        for side in ("in_process", "runner"):
+            assert cost[side]["p50_ms_at_1"] > 0
+            assert set(cost[side]["rows_per_s"]) == set(cost["fewer_rows_per_s"])
+            assert "32" in cost[side]["rows_per_s"]
+        assert not cost["runner_restarted"]
+    assert "## Model runner: the IPC hop per batch" in finished.stdout
+    assert "| iris | 32 |" in finished.stdout
     assert results["bulk"]["instances"] == 300
     assert results["bulk"]["fraction_of_limit"] > 0
     assert [row["predictions"] for row in results["analyst"]] == [100, 1000]

@@ -135,7 +135,7 @@ class SibylValidator(Validator):
         return valid
 
     def _validate_model_file(self, constraint, field, value):
-        """An upload to load in a sandboxed child once every other rule passed (validate).
+        """An upload to load in a model runner once every other rule passed (validate).
 
         The rule's arguments are validated against this schema:
         {'type': 'boolean'}
@@ -144,7 +144,7 @@ class SibylValidator(Validator):
             self._uploads.append((field, value))
 
     def _inspect_upload(self, field: str, value) -> None:
-        """Check the file (cheap static checks first, then the sandboxed child) and keep
+        """Check the file (cheap static checks first, then a model runner) and keep
         its signature for hooks/models.py."""
         config = current_app.config
         with tempfile.TemporaryDirectory() as workdir:

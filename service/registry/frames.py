@@ -6,6 +6,7 @@ boolean dtypes are read back, so a hostile runner can send nothing but numbers.
 """
 
 import json
+import math
 
 import numpy as np
 
@@ -38,14 +39,15 @@ def unpack(message: bytes) -> dict[str, np.ndarray]:
         arrays, offset = {}, end + 1
         for name, dtype_text, shape in header["arrays"]:
             dtype = np.dtype(dtype_text)
-            if dtype.kind not in NUMERIC_KINDS or not all(isinstance(d, int) for d in shape):
+            if dtype.kind not in NUMERIC_KINDS or not all(
+                isinstance(d, int) and d >= 0 for d in shape
+            ):
                 raise FrameError(f"refused array {name!r}: {dtype_text} {shape}")
-            size = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-            if size < 0 or offset + size > len(message):
+            count = math.prod(shape)  # Python integers: no overflow
+            size = dtype.itemsize * count
+            if offset + size > len(message):
                 raise FrameError(f"array {name!r} is longer than the message")
-            arrays[str(name)] = np.frombuffer(message, dtype, int(np.prod(shape)), offset).reshape(
-                shape
-            )
+            arrays[str(name)] = np.frombuffer(message, dtype, count, offset).reshape(shape)
             offset += size
     except (ValueError, TypeError, KeyError) as error:
         raise FrameError(f"unreadable message: {str(error)[:100]}") from None

@@ -1,7 +1,7 @@
 """Static checks of uploaded model files: read as data, never loaded or run.
 
 Every check here costs milliseconds and imports neither TensorFlow nor Keras, so
-it runs in the API process before the sandboxed child is started:
+it runs in the API process before a model runner is started:
 
 - `check_archive`: the zip itself (member names in normal form and each once,
   links, encryption, declared sizes and compression ratios, read without

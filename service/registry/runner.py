@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ ROOT = Path(__file__).resolve().parents[2]  # where the `service` package lives
 SANDBOX_USER = "nobody"
 # The largest answer read from a runner: a hostile one cannot make the API allocate more.
 MAX_ANSWER_BYTES = 512 * 1024 * 1024
+# How often a busy runner's resident memory is compared with RUNNER_RECYCLE_MB (an
+# idle one's is, after its next call).
+MEMORY_CHECK_EVERY_S = 1.0
 # Rows of zeros an upload is test-run on (service/registry/model_files.py).
 TEST_ROWS = 2
 
@@ -138,6 +142,7 @@ class ModelRunner:
         self._folder: tempfile.TemporaryDirectory | None = None
         self._stderr: deque[str] = deque(maxlen=20)
         self._lock = threading.Lock()
+        self._next_memory_check = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -161,9 +166,12 @@ class ModelRunner:
                 if error.fatal:
                     self._stop()
                 raise
-            if self.rss_mb() > self.limits.recycle_mb:
-                log.info("model runner %s holds %d MB: restarting it", self.pid, self.rss_mb())
-                self._stop()
+            if time.monotonic() >= self._next_memory_check:
+                # A read of /proc costs ~30 us: not on every call of a busy runner.
+                self._next_memory_check = time.monotonic() + MEMORY_CHECK_EVERY_S
+                if self.rss_mb() > self.limits.recycle_mb:
+                    log.info("model runner %s holds %d MB: restarting it", self.pid, self.rss_mb())
+                    self._stop()
             return output
 
     def stop(self) -> None:
@@ -183,6 +191,7 @@ class ModelRunner:
 
     def _start(self) -> None:
         user = sandbox_user()
+        self._next_memory_check = 0.0  # after its first call
         # The runner reads its own copy: a folder it may read, whatever the cache's
         # permissions, and no other model's files beside it.
         self._folder = tempfile.TemporaryDirectory(prefix="sibyl-runner-")
