@@ -227,7 +227,8 @@ MODEL_CACHE_DIR = os.environ.get("SIBYL_MODEL_CACHE_DIR", "var/models")
 # "Hostile models"): one per model version, loaded within MODEL_LOAD_TIMEOUT_S,
 # its address space capped at RUNNER_MEMORY_MB, restarted once it holds more than
 # RUNNER_RECYCLE_MB after a call. A model call is killed past MODEL_CALL_TIMEOUT_S,
-# plus ten times the time its upload's test call took per row, times the batch's rows.
+# plus ten times the time its upload's test call took per row, times the batch's rows
+# (at most three times MODEL_CALL_TIMEOUT_S).
 MAX_MODEL_BYTES = _int("SIBYL_MAX_MODEL_BYTES", 64 * 1024 * 1024)
 MODEL_LOAD_TIMEOUT_S = _int("SIBYL_MODEL_LOAD_TIMEOUT_S", 60)
 RUNNER_MEMORY_MB = _int("SIBYL_RUNNER_MEMORY_MB", 4096)

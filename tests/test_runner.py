@@ -24,7 +24,14 @@ from bson import ObjectId
 from conftest import ROOT, upload_model, wait_for
 from model_builders import zip_folder
 
-from service.registry.runner import ModelRaised, ModelRunner, RunnerLimits
+from service.registry.runner import (
+    MAX_OUTPUT_BYTES_PER_ROW,
+    ModelRaised,
+    ModelRunner,
+    RunnerLimits,
+    RunnerPool,
+    storable,
+)
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 
@@ -123,6 +130,29 @@ for name, path, mode in (("read", {secret!r}, "r"), ("write", {canary!r}, "w"),
             seen[name] = handle.read() if mode == "r" else handle.write("x")
     except OSError as error:
         seen[name] = error.strerror
+def refused(name, attempt):
+    try:
+        attempt()
+        seen[name] = "allowed"
+    except OSError as error:
+        seen[name] = error.strerror
+refused("socketpair", lambda: socket.socketpair())
+refused("fork", os.fork)
+refused("setsid", os.setsid)
+if os.uname().machine == "x86_64":  # io_uring_setup(2) opens sockets without socket(2)
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    params = ctypes.create_string_buffer(120)
+    if libc.syscall(425, 8, params) < 0:
+        seen["io_uring"] = os.strerror(ctypes.get_errno())
+    else:
+        seen["io_uring"] = "allowed"
+import threading
+done = []
+thread = threading.Thread(target=lambda: done.append(1))
+thread.start()
+thread.join()
+seen["thread"] = bool(done)
 print(json.dumps(seen))
 """
 
@@ -155,6 +185,9 @@ def test_a_confined_runner_cannot_connect_anywhere(tmp_path, host_files):
     assert seen["model"] == "the model's own file"
     assert seen["through /proc"] == "Permission denied"
     assert seen["parent's environment"] == "Permission denied"
+    for way in ("socketpair", "fork", "setsid", "io_uring"):
+        assert seen.get(way, "Operation not permitted") == "Operation not permitted", way
+    assert seen["thread"] is True  # TensorFlow's threads still start
 
 
 # --- through the API: a crashing, a looping and a memory-hungry model -------------------
@@ -192,6 +225,23 @@ def hungry_model(tmp_path: Path) -> Path:
         return 0.0 * tf.reduce_sum(values)
 
     return zip_folder(serving_model(tmp_path / "hungry", body), tmp_path / "hungry.zip")
+
+
+def huge_unsigned_model(tmp_path: Path) -> Path:
+    """An ordinary-looking model (it passes the scan) answering uint64 values past 2**63,
+    which BSON cannot hold, once triggered: the job, and any batched with it, once
+    answered 500 and were lost."""
+
+    class Module(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+        def serve(self, x):
+            scale = tf.cast(tf.cast(x[:, :1] > 0.5, tf.float32) * 1.8e19, tf.uint64)
+            return {"y": tf.cast(tf.abs(x) * 2.0, tf.uint64) + scale}
+
+    module = Module()
+    folder = tmp_path / "unsigned"
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
+    return zip_folder(folder, tmp_path / "unsigned.zip")
 
 
 def uploaded(server, path: Path, name: str) -> dict:
@@ -331,3 +381,33 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
+
+
+def test_outputs_the_database_cannot_hold_never_lose_a_job(live_server, db, demo_models, tmp_path):
+    uploaded(live_server, huge_unsigned_model(tmp_path), "unsigned")
+    answer = live_server.api("client").post(
+        "/jobs?wait=30",
+        json=[
+            {"model": "unsigned", "inputs": [[1.0, 1.0, 1.0]]},
+            {"model": "unsigned", "inputs": [[0.2, 1.0, 1.0]]},
+        ],
+    )
+    assert answer.status_code == 201, answer.text
+    items = answer.json()["_items"]
+    assert [item["status"] for item in items] == ["succeeded", "succeeded"]
+    assert items[0]["predictions"][0]["output"][0] == pytest.approx(1.8e19, rel=1e-6)
+    assert items[1]["predictions"][0]["output"] == [0.0, 2.0, 2.0]
+
+
+def test_an_output_too_large_to_store_is_the_models_error():
+    with pytest.raises(ModelRaised, match="bytes per instance"):
+        storable(np.zeros((2, MAX_OUTPUT_BYTES_PER_ROW // 4 + 1), np.float32), rows=2)
+    with pytest.raises(ModelRaised, match="for a batch of 3 rows"):
+        storable(np.zeros((2, 3), np.float32), rows=3)
+
+
+def test_the_uploader_cannot_buy_an_endless_call_time_limit():
+    pool = RunnerPool(lambda model: Path("."), RunnerLimits(call_timeout_s=5.0), capacity=1)
+    assert pool.call_timeout_s({"test_call_ms": 0.2}, rows=256) == pytest.approx(5.256)
+    # A model slow on purpose at its upload's test call: 59 s for 2 rows.
+    assert pool.call_timeout_s({"test_call_ms": 59_000}, rows=256) == 15.0

@@ -221,6 +221,11 @@ class Worker(Runner):
                     log.warning("worker: database error (%s); retrying shortly", error)
                     self._stop.wait(self.poll_seconds)
                     continue
+                except Exception:
+                    # Its jobs are freed when their leases expire; the worker goes on.
+                    log.exception("worker: unexpected error; continuing")
+                    self._stop.wait(self.poll_seconds)
+                    continue
                 self.signal.wait()
         finally:
             self.engine.runners.stop()

@@ -7,9 +7,11 @@ thread TensorFlow starts later inherits each restriction:
 
 - resource limits: its address space (a memory cap), no byte written to any file,
   no core dump, few open files;
-- a network namespace of its own (no interface but a loopback that is down), and a
-  user namespace too when Sibyl does not run as root: no connection can leave it;
-- a seccomp filter: no new socket of any kind, no exec, no ptrace, bpf or perf;
+- network and IPC namespaces of its own (no interface but a loopback that is down, no
+  shared memory with the host), and a user namespace too when Sibyl does not run as
+  root: no connection can leave it;
+- a seccomp filter: no new socket by any path (socket, socketpair, connect, io_uring),
+  no exec, no new process, session or namespace, no ptrace, bpf or perf;
 - Landlock (landlockpy): reads only under the interpreter, the `service` package,
   the system's libraries, a few /proc and /sys files and the model's own folder;
   no file written, created or removed anywhere; no TCP bind or connect; no signal
@@ -59,10 +61,23 @@ SYSTEM_READS = [
     "/dev/urandom",
     "/dev/null",
 ]
+# Refused with EPERM: no new socket, by any way there is (io_uring can open and connect
+# sockets without the socket syscall), no exec, no new process or session (threads are
+# clone with CLONE_THREAD: still allowed), no new namespace, no tracing or kernel hooks.
 DENIED_SYSCALLS = [
     "socket",
+    "socketpair",
+    "connect",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
     "execve",
     "execveat",
+    "fork",
+    "vfork",
+    "setsid",
+    "unshare",
+    "setns",
     "ptrace",
     "bpf",
     "perf_event_open",
@@ -70,6 +85,8 @@ DENIED_SYSCALLS = [
     "add_key",
     "request_key",
 ]
+CLONE_THREAD = 0x00010000
+CLONE_NEWIPC = 0x08000000
 
 
 class ConfinementError(RuntimeError):
@@ -96,8 +113,11 @@ def _probe_unshare() -> bool | str:
 
 
 def _unshare_network() -> str | None:
-    """Enter a new network namespace (and user namespace when not root); None or why not."""
-    flags = CLONE_NEWNET if os.geteuid() == 0 else CLONE_NEWUSER | CLONE_NEWNET
+    """Enter new network and IPC namespaces (and a user namespace when not root); None or
+    why not."""
+    flags = CLONE_NEWNET | CLONE_NEWIPC
+    if os.geteuid() != 0:
+        flags |= CLONE_NEWUSER
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(flags) != 0:
         return os.strerror(ctypes.get_errno())
@@ -141,6 +161,11 @@ def _deny_syscalls() -> None:
     syscalls = pyseccomp.SyscallFilter(defaction=pyseccomp.ALLOW)
     for name in DENIED_SYSCALLS:
         syscalls.add_rule(pyseccomp.ERRNO(errno.EPERM), name)
+    # A clone without CLONE_THREAD is a new process; clone3 hides its flags in memory,
+    # so it is refused as unknown (glibc then starts threads with clone).
+    no_thread = pyseccomp.Arg(0, pyseccomp.MASKED_EQ, CLONE_THREAD, 0)
+    syscalls.add_rule(pyseccomp.ERRNO(errno.EPERM), "clone", no_thread)
+    syscalls.add_rule(pyseccomp.ERRNO(errno.ENOSYS), "clone3")
     syscalls.load()
 
 

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 NUMERIC_KINDS = "biuf"
+MAX_HEADER_BYTES = 64 * 1024
 
 
 class FrameError(ValueError):
@@ -31,7 +32,9 @@ def pack_error(message: str) -> bytes:
 
 def unpack(message: bytes) -> dict[str, np.ndarray]:
     """The arrays of a message, or {"error": message} for an error message."""
-    end = message.find(b"\n")
+    end = message.find(b"\n", 0, MAX_HEADER_BYTES)
+    if end < 0:
+        raise FrameError("no header in the message")
     try:
         header = json.loads(message[:end])
         if "error" in header:
@@ -49,7 +52,7 @@ def unpack(message: bytes) -> dict[str, np.ndarray]:
                 raise FrameError(f"array {name!r} is longer than the message")
             arrays[str(name)] = np.frombuffer(message, dtype, count, offset).reshape(shape)
             offset += size
-    except (ValueError, TypeError, KeyError) as error:
+    except (ValueError, TypeError, KeyError, RecursionError) as error:
         raise FrameError(f"unreadable message: {str(error)[:100]}") from None
     if offset != len(message):
         raise FrameError("the message has bytes after its arrays")

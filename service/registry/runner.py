@@ -46,9 +46,13 @@ ROOT = Path(__file__).resolve().parents[2]  # where the `service` package lives
 SANDBOX_USER = "nobody"
 # The largest answer read from a runner: a hostile one cannot make the API allocate more.
 MAX_ANSWER_BYTES = 512 * 1024 * 1024
+# The most a prediction's output may weigh, per instance (its document holds 16 MB).
+MAX_OUTPUT_BYTES_PER_ROW = 1024 * 1024
 # How often a busy runner's resident memory is compared with RUNNER_RECYCLE_MB (an
 # idle one's is, after its next call).
 MEMORY_CHECK_EVERY_S = 1.0
+# A model's call time limit grows with its measured cost up to this many times the setting.
+MAX_TIMEOUT_FACTOR = 3
 # Rows of zeros an upload is test-run on (service/registry/model_files.py).
 TEST_ROWS = 2
 
@@ -126,6 +130,23 @@ def sample_batch(inputs: list[dict], size: int) -> dict[str, np.ndarray]:
         )
         for spec in inputs
     }
+
+
+def storable(output: np.ndarray | None, rows: int) -> np.ndarray:
+    """A runner's output as predictions can store it: one row per instance, at most
+    MAX_OUTPUT_BYTES_PER_ROW each (a document holds 16 MB), numbers BSON can hold (a
+    uint64 past 2**63 cannot: as float64); ModelRaised saying what is wrong otherwise."""
+    if output is None or output.ndim == 0 or len(output) != rows:
+        got = "no output" if output is None else f"an output of shape {list(output.shape)}"
+        raise ModelRaised(f"the model answered {got} for a batch of {rows} rows")
+    if rows and output.nbytes // rows > MAX_OUTPUT_BYTES_PER_ROW:
+        raise ModelRaised(
+            f"the model's output is {output.nbytes // rows} bytes per instance; "
+            f"at most {MAX_OUTPUT_BYTES_PER_ROW} are stored"
+        )
+    if output.dtype.kind == "u" and output.dtype.itemsize == 8:
+        return output.astype(np.float64)
+    return output
 
 
 class ModelRunner:
@@ -260,11 +281,7 @@ class ModelRunner:
             raise RunnerDied(f"the model runner answered {error}") from None
         if "error" in answer:
             raise ModelRaised(f"the model raised {answer['error']}")
-        output, rows = answer.get("output"), len(next(iter(batch.values())))
-        if output is None or output.ndim == 0 or len(output) != rows:
-            got = "no output" if output is None else f"an output of shape {list(output.shape)}"
-            raise ModelRaised(f"the model answered {got} for a batch of {rows} rows")
-        return output
+        return storable(answer.get("output"), len(next(iter(batch.values()))))
 
     def _receive_json(self, timeout_s: float, what: str) -> dict:
         try:
@@ -342,9 +359,11 @@ class RunnerPool:
 
     def call_timeout_s(self, model: dict, rows: int) -> float:
         """SIBYL_MODEL_CALL_TIMEOUT_MS plus ten times the call time measured at upload
-        for this many rows: a slow model's big batch is not cut short."""
+        for this many rows (a slow model's big batch is not cut short), at most three
+        times the setting: the upload's test call is the uploader's to make slow."""
         per_row_ms = (model.get("test_call_ms") or 0) / TEST_ROWS
-        return self.limits.call_timeout_s + 10 * per_row_ms * rows / 1000
+        base = self.limits.call_timeout_s
+        return min(base + 10 * per_row_ms * rows / 1000, MAX_TIMEOUT_FACTOR * base)
 
     def stop(self) -> None:
         with self._lock:
