@@ -36,7 +36,8 @@ screenshots: install browser
 	SIBYL_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_browsable.py
 
 # Sibyl against three Flask baselines (same work, fast no record, tutorial), an expensive
-# CNN, the in-process limits and itself without access control (about 12 minutes).
+# CNN, two gunicorn workers, the in-process limits, the model runner's cost per batch and
+# itself without access control (about 14 minutes).
 bench: install
 	$(PY) -m bench.run
 
