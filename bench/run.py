@@ -532,6 +532,15 @@ def paired_cells(base: dict, measured: dict, row: dict) -> str:
     )
 
 
+def paired_row(label, base: dict, measured: dict, row: dict) -> str:
+    """A table row of paired_cells, then the CPU per job (API · DB) of both."""
+    return (
+        f"| {label} {paired_cells(base, measured, row)} "
+        f"| {joined(base['cpu_ms_per_job'].values())} → "
+        f"{joined(measured['cpu_ms_per_job'].values())} |"
+    )
+
+
 def joined(values) -> str:
     return " · ".join(str(value) for value in values)
 
@@ -663,12 +672,7 @@ def workers_markdown(results: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in workers["rows"]:
-        same, ours = row["same_work"], row["sibyl"]
-        lines.append(
-            f"| {row['workers']} {paired_cells(same, ours, row)} "
-            f"| {joined(same['cpu_ms_per_job'].values())} → "
-            f"{joined(ours['cpu_ms_per_job'].values())} |"
-        )
+        lines.append(paired_row(row["workers"], row["same_work"], row["sibyl"], row))
     one, two = workers["rows"]
     gain = {
         name: two[name]["throughput_per_s"] / one[name]["throughput_per_s"]
@@ -742,12 +746,7 @@ def markdown(results: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in cost["rows"]:
-        w1, durable = row["w1"], row["durable"]
-        lines.append(
-            f"| {row['concurrency']} {paired_cells(w1, durable, row)} "
-            f"| {w1['cpu_ms_per_job']['api']} · {w1['cpu_ms_per_job']['database']} "
-            f"→ {durable['cpu_ms_per_job']['api']} · {durable['cpu_ms_per_job']['database']} |"
-        )
+        lines.append(paired_row(row["concurrency"], row["w1"], row["durable"], row))
     access = results["access_control"]
     lines += [
         "",
