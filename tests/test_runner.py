@@ -30,6 +30,7 @@ from service.registry.runner import (
     ModelRunner,
     RunnerLimits,
     RunnerPool,
+    RunnerRetired,
     storable,
 )
 
@@ -411,3 +412,24 @@ def test_the_uploader_cannot_buy_an_endless_call_time_limit():
     assert pool.call_timeout_s({"test_call_ms": 0.2}, rows=256) == pytest.approx(5.256)
     # A model slow on purpose at its upload's test call: 59 s for 2 rows.
     assert pool.call_timeout_s({"test_call_ms": 59_000}, rows=256) == 15.0
+
+
+def test_an_evicted_runner_stops_for_good_and_the_pool_starts_another(model_files):
+    """Past SIBYL_MODEL_CACHE_SIZE the least recently used runner is stopped (in the
+    background: another lane may be in its call) and never starts a process again."""
+    pool = RunnerPool(lambda model: model_files["tiny"], RunnerLimits(), capacity=1)
+    first, second = {"_id": "a", "format": "keras"}, {"_id": "b", "format": "keras"}
+    batch = {"features": np.zeros((1, 4), np.float32)}
+    try:
+        evicted = pool.get(first)
+        assert evicted.predict(batch, 30).shape == (1, 3)
+        pid = evicted.pid
+        pool.get(second)
+        wait_for(lambda: evicted.pid is None, 30, "the evicted runner to stop")
+        assert not Path(f"/proc/{pid}").exists()  # killed and reaped
+        with pytest.raises(RunnerRetired):
+            evicted.predict(batch, 30)
+        assert evicted.pid is None
+        assert pool.get(first) is not evicted
+    finally:
+        pool.stop()

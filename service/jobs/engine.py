@@ -29,9 +29,9 @@ from service.jobs.held import Held
 from service.registry import model_store
 from service.registry.runner import (
     ModelCallError,
-    ModelRunner,
     RunnerLimits,
     RunnerPool,
+    RunnerRetired,
     RunnerUnavailable,
 )
 from service.registry.signature import check_inputs
@@ -126,7 +126,7 @@ class Engine:
         for job in jobs:
             groups.setdefault(job.model["_id"], []).append(job)
         for group in groups.values():
-            self._run_group(self.runners.get(group[0].model), group)
+            self._run_group(group)
 
     @staticmethod
     def _take(job: Job) -> bool:
@@ -138,8 +138,9 @@ class Engine:
         job.held = None
         return not lost
 
-    def _run_group(self, runner: ModelRunner, jobs: list[Job]) -> None:
+    def _run_group(self, jobs: list[Job]) -> None:
         """Pack the jobs' instances into batches; a failing batch is retried job by job."""
+        model = jobs[0].model
         pending = list(jobs)
         while pending:
             batch = self._next_batch(pending)
@@ -152,9 +153,11 @@ class Engine:
                 job.started_at = job.started_at or began
             rows = sum(stop - start for _, start, stop in batch)
             try:
-                outputs = runner.predict(
-                    self._concatenate(batch), self.runners.call_timeout_s(jobs[0].model, rows)
+                outputs = self.runners.get(model).predict(
+                    self._concatenate(batch), self.runners.call_timeout_s(model, rows)
                 )
+            except RunnerRetired:
+                continue  # evicted meanwhile: the same batch, on the pool's new runner
             except (ModelCallError, RunnerUnavailable) as error:
                 culprits = [job for job, _, _ in batch]
                 for job in culprits:
@@ -170,7 +173,7 @@ class Engine:
                     continue
                 # Someone's instances broke the batch: find out whose, one job at a time.
                 for job in culprits:
-                    self._run_group(runner, [job])
+                    self._run_group([job])
                 continue
             self._store(batch, outputs, pending)
 

@@ -81,6 +81,11 @@ class RunnerUnavailable(RuntimeError):
     """The runner could not start or load the model; the message says why."""
 
 
+class RunnerRetired(RuntimeError):
+    """The pool stopped this runner for good (evicted, or shutting down): ask the pool
+    for the model's runner again; nothing of the batch ran."""
+
+
 @dataclass(frozen=True)
 class RunnerLimits:
     """What every runner gets: memory, times, and whether confinement is required."""
@@ -164,6 +169,7 @@ class ModelRunner:
         self._stderr: deque[str] = deque(maxlen=20)
         self._lock = threading.Lock()
         self._next_memory_check = 0.0
+        self._retired = False
 
     @property
     def pid(self) -> int | None:
@@ -179,6 +185,8 @@ class ModelRunner:
     def predict(self, batch: dict[str, np.ndarray], timeout_s: float) -> np.ndarray:
         """One call of the model: {input name: array} -> output array, within timeout_s."""
         with self._lock:
+            if self._retired:
+                raise RunnerRetired(f"the runner of {self.source.name} was stopped for good")
             if self._process is None:
                 self._start()
             try:
@@ -197,6 +205,13 @@ class ModelRunner:
 
     def stop(self) -> None:
         with self._lock:
+            self._stop()
+
+    def retire(self) -> None:
+        """Stop for good: a later call raises RunnerRetired instead of starting a process
+        the pool no longer knows of."""
+        with self._lock:
+            self._retired = True
             self._stop()
 
     def rss_mb(self) -> float:
@@ -350,11 +365,10 @@ class RunnerPool:
                 return self._runners[key]
             runner = ModelRunner(self.local_path(model), model["format"], self.limits)
             self._runners[key] = runner
-            stopped = []
             while len(self._runners) > self.capacity:
-                stopped.append(self._runners.popitem(last=False)[1])
-        for old in stopped:
-            old.stop()
+                evicted = self._runners.popitem(last=False)[1]
+                # In the background: its lock may be held by a call of another lane.
+                threading.Thread(target=evicted.retire, daemon=True).start()
         return runner
 
     def call_timeout_s(self, model: dict, rows: int) -> float:
@@ -369,4 +383,4 @@ class RunnerPool:
         with self._lock:
             runners, self._runners = list(self._runners.values()), OrderedDict()
         for runner in runners:
-            runner.stop()
+            runner.retire()
