@@ -25,9 +25,7 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
         (model, c) for model in ("iris", "digits") for c in (1, 4)
     } | {("cnn", 4)}
     for row in rows:
-        for side in ("tutorial", "fast_no_record", "same_work", "sibyl"):
-            assert row[side]["errors"] == 0
-            assert row[side]["requests"] > 0
+        assert_loaded_cleanly(row, ("tutorial", "fast_no_record", "same_work", "sibyl"))
         assert set(row["sibyl_against"]) == {"tutorial", "fast_no_record", "same_work"}
     # The same-work app stored a job and one prediction per request, journaled.
     same_work = results["same_work"]
@@ -48,16 +46,12 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
     assert cost["durable"] == "journaled"
     assert [row["concurrency"] for row in cost["rows"]] == [1, 4]
     for row in cost["rows"]:
-        for side in ("w1", "durable"):
-            assert row[side]["errors"] == 0
-            assert row[side]["requests"] > 0
+        assert_loaded_cleanly(row, ("w1", "durable"))
     access = results["access_control"]
     assert access["concurrency"] == 4
     assert [row["turn"] for row in access["turns"]] == [1, 2]
     for row in [*access["turns"], access]:
-        for side in ("off", "on"):
-            assert row[side]["errors"] == 0
-            assert row[side]["requests"] > 0
+        assert_loaded_cleanly(row, ("off", "on"))
     assert access["throughput_ratio"] > 0
     assert "## Access control" in finished.stdout
     # Two gunicorn workers for Sibyl and the same-work app, beside the 1-worker row.
@@ -65,9 +59,7 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
     assert workers["concurrency"] == 4
     assert [row["workers"] for row in workers["rows"]] == [1, 2]
     for row in workers["rows"]:
-        for side in ("same_work", "sibyl"):
-            assert row[side]["errors"] == 0
-            assert row[side]["requests"] > 0
+        assert_loaded_cleanly(row, ("same_work", "sibyl"))
         assert row["throughput_ratio"] > 0
     assert "## Two gunicorn workers" in finished.stdout
     # Each model in this process and through a model runner, on the same file.
@@ -85,3 +77,10 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
     assert results["bulk"]["fraction_of_limit"] > 0
     assert [row["predictions"] for row in results["analyst"]] == [100, 1000]
     assert "| iris | 1 |" in finished.stdout  # the markdown table
+
+
+def assert_loaded_cleanly(row: dict, sides: tuple[str, ...]) -> None:
+    """Each server of a row answered requests, every one of them as expected."""
+    for side in sides:
+        assert row[side]["errors"] == 0, side
+        assert row[side]["requests"] > 0, side

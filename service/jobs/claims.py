@@ -60,6 +60,11 @@ def new_job(submitted: dict, model: dict, count: int, lease: dict | None, now: d
     }
 
 
+def leased_by(job_id: ObjectId, token: str, condition: dict | None = None) -> dict:
+    """The query of a job while this lease token still holds it (and condition holds)."""
+    return {"_id": job_id, "lease.token": token, **(condition or {})}
+
+
 def succeeded_fields(count: int, attempts: int, started_at: datetime, now: datetime) -> dict:
     """What a job's document says once it succeeded."""
     return {
@@ -172,7 +177,7 @@ class JobQueue:
         }
         updates = [
             (
-                {"_id": job.id, "lease.token": job.token, "tags": job.tags},
+                leased_by(job.id, job.token, {"tags": job.tags}),
                 changed(fields[job.id], now),
             )
             for job in jobs
@@ -281,15 +286,8 @@ class JobQueue:
         withdraws its batch's rows (service/jobs/engine.py); sweeps requeue only
         active jobs, so it is never retried.
         """
-        now = utcnow()
-        fields = {"status": "cancelled", "lease": None, "error": error, "finished_at": now}
-        query = {"_id": job_id, "status": {"$in": ACTIVE_STATUSES}}
-        if not self.store.jobs.update_one(query, changed(fields, now)).modified_count:
-            return False
-        # All or nothing, as for a failed job.
-        self.store.predictions.delete_many({"job": job_id})
-        self.events.ended(JobEnded(job_id, "cancelled", {**fields, "_updated": now}))
-        return True
+        active = {"_id": job_id, "status": {"$in": ACTIVE_STATUSES}}
+        return bool(self._end_without_predictions(active, "cancelled", error))
 
     def _requeue(self, job_id: ObjectId, token: str, error: str, condition=None) -> int:
         fields = {"status": "queued", "lease": None, "error": error}
@@ -301,16 +299,19 @@ class JobQueue:
         return changed_count
 
     def _finish_failed(self, job_id: ObjectId, token: str, error: str, condition=None) -> int:
+        return self._end_without_predictions(leased_by(job_id, token, condition), "failed", error)
+
+    def _end_without_predictions(self, query: dict, status: str, error: str) -> int:
+        """End the job query matches as failed or cancelled: it keeps no predictions (all
+        or nothing), and its end is raised."""
         now = utcnow()
-        fields = {"status": "failed", "lease": None, "error": error, "finished_at": now}
-        result = self._change_held(job_id, token, changed(fields, now), condition)
+        fields = {"status": status, "lease": None, "error": error, "finished_at": now}
+        result = self.store.jobs.update_one(query, changed(fields, now))
         if result.modified_count:
-            # A failed job keeps no partial predictions: all or nothing.
-            self.store.predictions.delete_many({"job": job_id})
-            self.events.ended(JobEnded(job_id, "failed", {**fields, "_updated": now}))
+            self.store.predictions.delete_many({"job": query["_id"]})
+            self.events.ended(JobEnded(query["_id"], status, {**fields, "_updated": now}))
         return result.modified_count
 
     def _change_held(self, job_id: ObjectId, token: str, update: dict, condition=None):
         """Apply an update to a job only while this token still holds it (and condition holds)."""
-        query = {"_id": job_id, "lease.token": token, **(condition or {})}
-        return self.store.jobs.update_one(query, update)
+        return self.store.jobs.update_one(leased_by(job_id, token, condition), update)

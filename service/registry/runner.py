@@ -226,6 +226,26 @@ class ModelRunner:
         return 0.0
 
     def _start(self) -> None:
+        """Start the child and wait for its model to load; nothing is left behind (process,
+        folder) when that fails: RunnerUnavailable says why."""
+        try:
+            self._spawn()
+            answer = self._receive_json(self.limits.load_timeout_s, "loading the model")
+            if "error" in answer:
+                raise RunnerUnavailable(str(answer["error"]))
+        except ModelCallError as error:
+            self._stop()
+            raise RunnerUnavailable(str(error)) from None
+        except BaseException:
+            self._stop()
+            raise
+        self.signature = answer["signature"]
+        self.unconfined = answer.get("unconfined") or []
+        if self.unconfined:
+            log.warning("model runner %s is not confined by: %s", self.pid, self.unconfined)
+
+    def _spawn(self) -> None:
+        """The child process, on its own copy of the model, connected by a socket pair."""
         user = sandbox_user()
         self._next_memory_check = 0.0  # after its first call
         # The runner reads its own copy: a folder it may read, whatever the cache's
@@ -271,18 +291,6 @@ class ModelRunner:
             theirs.close()
         threading.Thread(target=self._drain_stderr, daemon=True).start()
         self._connection = Connection(ours.detach())
-        try:
-            answer = self._receive_json(self.limits.load_timeout_s, "loading the model")
-        except ModelCallError as error:
-            self._stop()
-            raise RunnerUnavailable(str(error)) from None
-        if "error" in answer:
-            self._stop()
-            raise RunnerUnavailable(str(answer["error"]))
-        self.signature = answer["signature"]
-        self.unconfined = answer.get("unconfined") or []
-        if self.unconfined:
-            log.warning("model runner %s is not confined by: %s", self.pid, self.unconfined)
 
     def _call(self, batch: dict[str, np.ndarray], timeout_s: float) -> np.ndarray:
         try:
