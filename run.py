@@ -58,12 +58,17 @@ def announce(server) -> None:
 
 def warm_up(worker) -> None:
     """Gunicorn post_worker_init: load the models before the first job needs them."""
-    worker.wsgi.extensions["sibyl"].warm_up()
+    worker.flask_app.extensions["sibyl"].warm_up()
 
 
 def close(server, worker) -> None:
     """Gunicorn worker_exit: let the dispatcher finish its batch."""
-    worker.wsgi.extensions["sibyl"].close()
+    worker.flask_app.extensions["sibyl"].close()
+
+
+# Gunicorn manages the processes; each runs the front (service/api/front.py), which
+# reads whole requests in an event loop before one of WEB_THREADS threads takes them.
+FRONT = {"worker_class": "service.api.front.FrontWorker"}
 
 
 def database_of(mongo_uri: str) -> pymongo.database.Database:
@@ -193,14 +198,11 @@ def serve(args: argparse.Namespace) -> None:
     options = {
         "bind": f"{settings.HOST}:{settings.PORT}",
         "workers": settings.WEB_WORKERS,
-        "threads": settings.WEB_THREADS,
-        "worker_class": "gthread",
+        **FRONT,
         # Requests may hold up to ?wait= seconds for a job to finish.
         "timeout": 120,
         "graceful_timeout": 10,
-        # Gunicorn's request line limit is at most 8190 bytes (an HTML error past
-        # it), or 0, unlimited: the app answers a JSON 414 past SIBYL_MAX_URL_BYTES.
-        "limit_request_line": 0,
+        "keepalive": 5,
         "errorlog": "-",
         "loglevel": "info",
         "when_ready": announce,

@@ -74,9 +74,18 @@ MAX_CONTENT_LENGTH = _int("SIBYL_MAX_CONTENT_LENGTH", 8 * 1024 * 1024)
 # JSON nested deeper than this is refused with a 400: no tensor needs more, and
 # Python's parser would otherwise raise RecursionError (a 500) on deep arrays.
 MAX_JSON_DEPTH = _int("SIBYL_MAX_JSON_DEPTH", 32)
-# URLs (path and query string) longer than this get a JSON 414. A `where` with
-# the `$in` of a thousand ObjectIds fits; gunicorn's own limit is lifted (run.py).
+# URLs (path and query string) longer than this get a JSON 414, from the front
+# (service/api/front.py) before they are parsed. A `where` with the `$in` of a
+# thousand ObjectIds fits.
 MAX_URL_BYTES = _int("SIBYL_MAX_URL_BYTES", 64 * 1024)
+# The front's other bounds: all headers together (431), and how long a request's
+# line and headers (408) and then its body (408) may take to arrive.
+MAX_HEADER_BYTES = _int("SIBYL_MAX_HEADER_BYTES", 64 * 1024)
+HEADER_TIMEOUT_S = _int("SIBYL_HEADER_TIMEOUT_S", 10)
+BODY_TIMEOUT_S = _int("SIBYL_BODY_TIMEOUT_S", 30)
+# Bodies still arriving are held in memory, at most this much per API process in all
+# (a 503 past it): slow bodies on many connections cannot take the memory either.
+MAX_BUFFERED_MB = _int("SIBYL_MAX_BUFFERED_MB", 256)
 
 # --- access control ---------------------------------------------------------
 # Every request needs an API key (service/api/auth.py). Only an explicit "off"

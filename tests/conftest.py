@@ -344,3 +344,16 @@ def start_worker(database, tmp_path, run_py):
     yield start
     for path in logs:
         print(f"--- {path.name} ---\n{path.read_text()[-3000:]}")
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        try:
+            if requests.get(url + "/v1/healthz", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:  # not listening yet, or slow on a loaded machine
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the service did not answer /v1/healthz in time")
