@@ -28,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from bson import json_util
 from bench import cnn, limits
 from bench.loadgen import LoadResult, run_load
 from bench.servers import BASELINES, ROOT, Server, start_baseline, start_sibyl
+from bench.slow_clients import slow_clients
 from service.demo.models import load_digits, load_iris
 
 RESULTS = ROOT / "bench" / "results"
@@ -61,6 +62,7 @@ FULL = {
     "runner_calls": 300,
     "access_concurrency": 32,
     "access_turns": 4,
+    "slow_seconds": 20.0,
 }
 QUICK = {
     "concurrency": [1, 4],
@@ -78,6 +80,7 @@ QUICK = {
     "runner_calls": 30,
     "access_concurrency": 4,
     "access_turns": 2,
+    "slow_seconds": 8.0,
 }
 CNN = "cnn"  # the expensive model's name in Sibyl
 # The servers of the end-to-end table, same work first: the comparison that matters.
@@ -266,12 +269,14 @@ def expensive_model_limit(path: Path, db, sizes: dict, batches: dict, sibyl_row:
 
 
 @contextmanager
-def second_api(sibyl: Server, workdir: Path, name: str, env: dict, key: str):
+def second_api(
+    sibyl: Server, workdir: Path, name: str, env: dict, key: str, script: str = "run.py"
+):
     """A second Sibyl API with env on the same database, warmed with one job."""
     folder = workdir / name
     folder.mkdir()
     mongo_uri = (workdir / "db" / "uri").read_text().strip()
-    other = start_sibyl(folder, env, mongo_uri=mongo_uri, admin_key=sibyl.admin_key)
+    other = start_sibyl(folder, env, mongo_uri=mongo_uri, admin_key=sibyl.admin_key, script=script)
     try:
         other.wait_until_healthy()
         requests.post(
@@ -372,6 +377,78 @@ def access_control_cost(sibyl: Server, workdir: Path, sizes: dict, key: str) -> 
         **total,
         **ratios(total["off"], total["on"]),
     }
+
+
+def answered_under_slow_clients(server: Server, seconds: float) -> dict:
+    """GET /healthz once a second (each given 3 s) while 100 slow heads, 24 dripping
+    bodies and 50 idle keep-alive connections are open: how many were answered."""
+    answered = tries = 0
+    with slow_clients(server.port, seconds) as attack:
+        began = time.monotonic()
+        while len(attack["opened"]) < 174 and time.monotonic() - began < 10:
+            time.sleep(0.1)
+        while time.monotonic() - began < seconds - 3:
+            tries += 1
+            with suppress(requests.RequestException):
+                answered += requests.get(server.url + "/v1/healthz", timeout=3).ok
+            time.sleep(1)
+    return {"answered": answered, "tries": tries}
+
+
+def front_cost(sibyl: Server, workdir: Path, sizes: dict, key: str) -> dict:
+    """Sibyl's front (uvicorn workers under gunicorn) against its former one (gunicorn's
+    threaded worker, bench/threaded_front.py) on the same database: single-instance iris
+    jobs at 1 client and at the most, in alternating turns; then healthz under slow
+    clients on each."""
+    rows = []
+    with second_api(sibyl, workdir, "threads", {}, key, script="bench/threaded_front.py") as old:
+        pair = [("threads", old), ("front", sibyl)]
+        for turn, concurrency in enumerate([1, max(sizes["concurrency"])]):
+            bounds = dict(
+                concurrency=concurrency,
+                max_requests=sizes["max_requests"],
+                max_seconds=sizes["max_seconds"],
+            )
+            row = {"concurrency": concurrency}
+            for name, (result, cpu) in alternating_turn(sibyl, pair, turn, bounds, key).items():
+                row[name] = {**result.summary(), "cpu_ms_per_job": per_job(cpu, result.requests)}
+            row.update(ratios(row["threads"], row["front"]))
+            rows.append(row)
+            print(f"  iris c={concurrency}: front {row['throughput_ratio']}x jobs/s", flush=True)
+        slow = {
+            name: answered_under_slow_clients(server, sizes["slow_seconds"])
+            for name, server in pair
+        }
+        print(f"  healthz answered under slow clients: {slow}", flush=True)
+    return {"rows": rows, "slow_clients": slow}
+
+
+def front_markdown(results: dict) -> list[str]:
+    """The front against the threaded worker it replaced."""
+    front = results["front"]
+    lines = [
+        "",
+        "## The front: uvicorn workers under gunicorn against gunicorn's threaded worker",
+        "",
+        "Single-instance iris jobs through Sibyl (its front reads whole requests in an event "
+        "loop) and through a second Sibyl API on the same database served as before it "
+        "(gunicorn's threaded worker, `bench/threaded_front.py`), alternating turns.",
+        "",
+        "| clients | threads jobs/s | front jobs/s | ratio | threads p50 ms | front p50 ms "
+        "| p50 ratio | threads p99 ms | front p99 ms | CPU ms per job (API · DB): threads → "
+        "front |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in front["rows"]:
+        lines.append(paired_row(row["concurrency"], row["threads"], row["front"], row))
+    slow = front["slow_clients"]
+    lines.append(
+        "\n`GET /v1/healthz` answered within 3 s while 100 slow heads (a byte per 0.3 s), 24 "
+        "dripping 1 MB bodies and 50 idle keep-alive connections were open: threads "
+        f"**{slow['threads']['answered']} of {slow['threads']['tries']}**, front "
+        f"**{slow['front']['answered']} of {slow['front']['tries']}**."
+    )
+    return lines
 
 
 def two_workers(
@@ -735,7 +812,7 @@ def runner_markdown(results: dict) -> list[str]:
 
 
 def markdown(results: dict) -> str:
-    lines = end_to_end_markdown(results) + workers_markdown(results)
+    lines = end_to_end_markdown(results) + workers_markdown(results) + front_markdown(results)
     lines += expensive_model_markdown(results)
     cost = results["write_concern"]
     lines += [
@@ -941,6 +1018,9 @@ def main(argv: list[str] | None = None) -> int:
             results["workers"] = two_workers(
                 sibyl, workdir, model_dir, sizes, keys["client"], one_worker
             )
+
+        with section("front", "the front against gunicorn's threaded worker"):
+            results["front"] = front_cost(sibyl, workdir, sizes, keys["client"])
 
         with section("write_concern", "durable writes against w:1 without journal"):
             results["write_concern"] = write_concern_cost(sibyl, workdir, sizes, keys["client"])

@@ -106,10 +106,15 @@ class Server:
 
 
 def start_sibyl(
-    workdir: Path, extra_env: dict | None = None, mongo_uri: str = "", admin_key: str = ""
+    workdir: Path,
+    extra_env: dict | None = None,
+    mongo_uri: str = "",
+    admin_key: str = "",
+    script: str = "run.py",
 ) -> Server:
     """Sibyl as `make run` starts it: embedded database (or the one at mongo_uri),
-    gunicorn, demo models, access control; its admin key admin_key (else a new one)."""
+    gunicorn, demo models, access control; its admin key admin_key (else a new one).
+    script: run.py, or bench/threaded_front.py for Sibyl on its former front."""
     port = free_port()
     admin_key = admin_key or new_key()[1]
     env = {
@@ -122,7 +127,7 @@ def start_sibyl(
         **(extra_env or {}),
         "MONGO_URI": mongo_uri,  # empty: the embedded database, whatever the environment says
     }
-    command = [sys.executable, "run.py", "serve"]
+    command = [sys.executable, script, "serve"]
     server = Server("sibyl", command, env, port, "/v1/healthz", workdir / "sibyl.log")
     server.admin_key = admin_key
     return server

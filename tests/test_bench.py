@@ -54,6 +54,14 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
         assert_loaded_cleanly(row, ("off", "on"))
     assert access["throughput_ratio"] > 0
     assert "## Access control" in finished.stdout
+    # The front against gunicorn's threaded worker, and both under slow clients.
+    front = results["front"]
+    assert [row["concurrency"] for row in front["rows"]] == [1, 4]
+    for row in front["rows"]:
+        assert_loaded_cleanly(row, ("threads", "front"))
+    slow = front["slow_clients"]
+    assert slow["front"]["tries"] > 0 and slow["front"]["answered"] == slow["front"]["tries"]
+    assert "## The front" in finished.stdout
     # Two gunicorn workers for Sibyl and the same-work app, beside the 1-worker row.
     workers = results["workers"]
     assert workers["concurrency"] == 4
