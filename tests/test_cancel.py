@@ -66,7 +66,7 @@ def test_a_running_job_cancelled_keeps_nothing_its_runner_writes_later(alice, qu
     ran = Job(job_id, token, {}, {}, count=2, attempts=1, started_at=now)
     assert runner.succeed([ran], now) == set()
     assert runner.fail_attempt(job_id, token, 1, "late") == ""
-    assert runner.requeue_expired() == 0 and runner.queued(limit=10) == []
+    assert runner.requeue_expired() == 0 and runner.queued(10) == []
     stored = queue_db.jobs.find_one({"_id": job_id})
     assert stored["status"] == "cancelled" and stored["error"] == "cancelled by admin admin"
 

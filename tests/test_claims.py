@@ -30,6 +30,11 @@ def ran(job_id, token: str, attempts: int, started_at) -> Job:
     return Job(job_id, token, {}, {}, count=1, attempts=attempts, started_at=started_at)
 
 
+def claimed(job_id, token: str, attempts: int = 0) -> Job:
+    """A one-instance job as the engine holds it between its claim and its first batch."""
+    return Job(job_id, token, {}, {}, count=1, attempts=attempts, counted=False)
+
+
 def expire_lease(db, job_id) -> None:
     db.jobs.update_one({"_id": job_id}, {"$set": {"lease.until": utcnow() - timedelta(seconds=1)}})
 
@@ -38,14 +43,21 @@ def test_a_job_is_claimed_once(db):
     ids = queue_jobs(db, 3)
     first = job_queue(db, "w1")
     second = job_queue(db, "w2")
-    token, claimed = first.claim(ids[:2])
-    assert claimed == ids[:2]
+    token, taken = first.claim(ids[:2])
+    assert taken == ids[:2]
     other_token, other_claimed = second.claim(ids)
     assert other_claimed == [ids[2]]
     job = db.jobs.find_one({"_id": ids[0]})
-    assert job["status"] == "running"
-    assert job["attempts"] == 1
+    # Leased, but neither running nor counted as an attempt until its first batch starts.
+    assert (job["status"], job["attempts"], job.get("started_at")) == ("queued", 0, None)
     assert job["lease"]["worker"] == "w1" and job["lease"]["token"] == token
+    now = utcnow()
+    first.start([claimed(ids[0], token)], now)
+    job = db.jobs.find_one({"_id": ids[0]})
+    assert (job["status"], job["attempts"], job["started_at"]) == ("running", 1, now)
+    # Another runner's token starts nothing.
+    second.start([claimed(ids[1], other_token)], now)
+    assert db.jobs.find_one({"_id": ids[1]})["attempts"] == 0
 
 
 def test_concurrent_claims_take_each_job_once(db):
@@ -78,7 +90,7 @@ def test_concurrent_claims_take_each_job_once(db):
             claimed_by[job_id] = name
     assert sorted(claimed_by) == sorted(ids)
     for job in db.jobs.find():
-        assert job["status"] == "running" and job["attempts"] == 1
+        assert job["status"] == "queued" and job["attempts"] == 0
         assert job["lease"]["worker"] == claimed_by[job["_id"]]
 
 
@@ -87,11 +99,13 @@ def test_a_stale_worker_cannot_complete_a_reclaimed_job(db):
     stale = job_queue(db, "stale")
     fresh = job_queue(db, "fresh")
     old_token, _ = stale.claim([job_id])
+    stale.start([claimed(job_id, old_token)], utcnow())
     expire_lease(db, job_id)
 
     assert fresh.requeue_expired() == 1
-    new_token, claimed = fresh.claim([job_id])
-    assert claimed == [job_id]
+    new_token, taken = fresh.claim([job_id])
+    assert taken == [job_id]
+    fresh.start([claimed(job_id, new_token, attempts=1)], utcnow())
     assert db.jobs.find_one({"_id": job_id})["attempts"] == 2
 
     # The stale worker wakes up: none of its writes land.
@@ -122,12 +136,38 @@ def test_attempts_run_out(db):
 def test_expired_lease_past_max_attempts_fails_the_job(db):
     (job_id,) = queue_jobs(db, 1)
     queue = job_queue(db, "w", max_attempts=1)
-    queue.claim([job_id])
+    token, _ = queue.claim([job_id])
+    expire_lease(db, job_id)
+    # Claimed but never started: its attempts are untouched, it is free again.
+    assert queue.requeue_expired() == 1
+    job = db.jobs.find_one({"_id": job_id})
+    assert (job["status"], job["attempts"], job["lease"]) == ("queued", 0, None)
+    token, _ = queue.claim([job_id])
+    queue.start([claimed(job_id, token)], utcnow())
     expire_lease(db, job_id)
     queue.requeue_expired()
     job = db.jobs.find_one({"_id": job_id})
     assert job["status"] == "failed"
     assert "lease expired: worker w stopped answering" in job["error"]
+
+
+def test_a_runner_claims_what_starts_in_one_batch_and_keeps_its_leases(db):
+    now = utcnow()
+    sizes = [100, 100, 100, 5]
+    jobs = [
+        {"status": "queued", "attempts": 0, "lease": None, "_created": now + timedelta(seconds=i)}
+        | {"progress": {"done": 0, "total": size}}
+        for i, size in enumerate(sizes)
+    ]
+    ids = db.jobs.insert_many(jobs).inserted_ids
+    queue = job_queue(db, "w")
+    assert queue.queued(256) == ids[:2]  # a third would not start in the first batch
+    assert queue.queued(50) == ids[:1]  # the oldest alone, however large
+    token, taken = queue.claim(ids[:2])
+    before = db.jobs.find_one({"_id": ids[0]})["lease"]["until"]
+    queue.renew([claimed(job_id, token) for job_id in taken] + [claimed(ids[2], "not-ours")])
+    assert db.jobs.find_one({"_id": ids[0]})["lease"]["until"] >= before
+    assert db.jobs.find_one({"_id": ids[2]})["lease"] is None  # renewing takes nothing
 
 
 def test_jobs_inserted_with_a_lease_are_nobody_elses(db):
@@ -136,12 +176,12 @@ def test_jobs_inserted_with_a_lease_are_nobody_elses(db):
     lease = api.new_lease()
     db.jobs.update_one({"_id": held}, {"$set": {"lease": lease, "attempts": 1}})
     worker = job_queue(db, "worker")
-    assert worker.queued(limit=10) == [free]
+    assert worker.queued(10) == [free]
     assert worker.claim([held, free])[1] == [free]
 
     # The API process dies before running it: once the lease expires, it is free again.
     expire_lease(db, held)
     assert worker.requeue_expired() == 1
-    assert worker.queued(limit=10) == [held]
+    assert worker.queued(10) == [held]
     assert worker.claim([held])[1] == [held]
-    assert db.jobs.find_one({"_id": held})["attempts"] == 2
+    assert db.jobs.find_one({"_id": held})["attempts"] == 1  # counted again when it starts

@@ -19,6 +19,7 @@ from conftest import job_queue, wait_for
 from pymongo.collection import Collection
 
 from service.jobs.claims import utcnow
+from service.jobs.engine import Job
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 # Collection methods through which the sweep may write a job.
@@ -200,6 +201,7 @@ def test_the_sweep_leaves_a_lease_extended_meanwhile(unswept_db, monkeypatch, ma
     holder = job_queue(db, "holder", max_attempts=max_attempts)
     sweeper = job_queue(db, "sweeper", max_attempts=max_attempts)
     token, _ = holder.claim([job_id])
+    holder.start([Job(job_id, token, {}, {}, count=1, attempts=0, counted=False)], utcnow())
     db.jobs.update_one({"_id": job_id}, {"$set": {"lease.until": utcnow() - timedelta(seconds=1)}})
 
     # The holder extends its lease just before the sweep's first write to jobs.

@@ -157,7 +157,7 @@ def test_a_waited_answer_after_a_retry_equals_the_stored_predictions(
         [document["_id"]], 30, ANONYMOUS, submitted={document["_id"]: document}
     )[document["_id"]]
     thread.join()
-    runner.engine.runners.stop()
+    runner.engine.stop()
     stored = list(queue_db.predictions.find({"job": document["_id"]}).sort("index", 1))
     fields = ["_id", "index", "output", "label", "score"]
     assert answer["predictions"] == [{f: p[f] for f in fields} for p in stored]

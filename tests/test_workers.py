@@ -85,3 +85,31 @@ def test_a_worker_carries_the_jobs_owner_onto_its_predictions(
     start_worker()
     assert services.jobs.wait([document["_id"]], 60, bob)
     assert {p["owner"] for p in queue_db.predictions.find({"job": document["_id"]})} == {"bob"}
+
+
+def test_jobs_waiting_in_a_live_worker_keep_their_lease_and_attempts(
+    queue_api, queue_db, queue_demo_models, start_worker
+):
+    """Found: a worker claimed up to a batch's worth of *jobs* (256, 41,863 instances)
+    and counted an attempt on each at the claim; those waiting their turn got no lease
+    extension, so another worker's sweep took them back, and acknowledged jobs failed
+    without running. Two workers, leases of 2 s, batches of 50 rows, 60 jobs of 100
+    instances: each job must run once, on its first attempt."""
+    bulk = [{"model": "iris", "inputs": [SETOSA] * 100} for _ in range(60)]
+    created = queue_api.post("/jobs", json=bulk)
+    assert created.status_code == 201
+    ids = [ObjectId(item["_id"]) for item in created.json()["_items"]]
+    workers = [start_worker(lease_seconds=2, max_batch_size=50) for _ in range(2)]
+    wait_for(
+        lambda: queue_db.jobs.count_documents({"status": {"$in": ["queued", "running"]}}) == 0,
+        180,
+        "the workers to finish every job",
+    )
+    jobs = list(queue_db.jobs.find({"_id": {"$in": ids}}, {"status": 1, "attempts": 1}))
+    assert {(job["status"], job["attempts"]) for job in jobs} == {("succeeded", 1)}
+    assert queue_db.predictions.count_documents({"attempt": {"$ne": 1}}) == 0
+    assert queue_db.predictions.count_documents({}) == 6000
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+        assert "lost the lease" not in worker.log_path.read_text()

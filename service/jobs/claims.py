@@ -13,16 +13,22 @@ This module writes every field of a job's state: a new job's document
 raises the job events (service/jobs/events.py) where a job ends.
 """
 
+import logging
+import threading
 import uuid
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from bson import ObjectId
+from pymongo.errors import PyMongoError
 
 from schemas.common import ACTIVE_STATUSES
 from service.jobs.events import JobEnded, JobEvents
 from service.jobs.held import Held
 from service.store.access import Store
 from service.store.packed import pack
+
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -101,16 +107,18 @@ class JobQueue:
         return {"worker": self.worker_id, "token": uuid.uuid4().hex, "until": utcnow() + self.lease}
 
     def claim(self, ids: list[ObjectId]) -> tuple[str, list[ObjectId]]:
-        """Claim those of ids that are still free; return the token and the claimed ids."""
+        """Lease those of ids that are still free; return the token and the claimed ids.
+
+        A claimed job stays queued, its attempts uncounted, until its first batch
+        starts (start): a runner that dies holding it costs it no attempt."""
         if not ids:
             return "", []
         token = uuid.uuid4().hex
         now = utcnow()
         lease = {"worker": self.worker_id, "token": token, "until": now + self.lease}
-        update = changed({"status": "running", "lease": lease, "started_at": now}, now)
         result = self.store.jobs.update_many(
             {"_id": {"$in": ids}, "status": "queued", "lease": None},
-            {**update, "$inc": {"attempts": 1}},
+            changed({"lease": lease}, now),
         )
         if result.modified_count == len(ids):
             return token, list(ids)
@@ -123,14 +131,52 @@ class JobQueue:
         """The full documents of jobs this token holds."""
         return list(self.store.jobs.find({"_id": {"$in": ids}, "lease.token": token}))
 
-    def queued(self, limit: int) -> list[ObjectId]:
-        """Ids of the oldest free jobs (index: status, _created)."""
+    def queued(self, max_rows: int) -> list[ObjectId]:
+        """Ids of the oldest free jobs, as many as start in one batch of max_rows
+        instances (or the oldest alone, if it is larger): a runner claims only what it
+        can start within its lease (index: status, _created)."""
         cursor = (
-            self.store.jobs.find({"status": "queued", "lease": None}, {"_id": 1})
+            self.store.jobs.find({"status": "queued", "lease": None}, {"progress.total": 1})
             .sort("_created", 1)
-            .limit(limit)
+            .limit(max_rows)
         )
-        return [doc["_id"] for doc in cursor]
+        ids, rows = [], 0
+        for doc in cursor:
+            rows += (doc.get("progress") or {}).get("total") or 1
+            if ids and rows > max_rows:
+                break
+            ids.append(doc["_id"])
+        return ids
+
+    def start(self, jobs: list, now: datetime) -> None:
+        """Claimed jobs whose first batch begins: running, and an attempt counted.
+
+        jobs: the engine's jobs; each gets its new attempt number and started_at."""
+        for token, held in self._by_token(jobs).items():
+            self.store.jobs.update_many(
+                {"_id": {"$in": [job.id for job in held]}, "lease.token": token},
+                {**changed({"status": "running", "started_at": now}, now), "$inc": {"attempts": 1}},
+            )
+        for job in jobs:
+            job.attempts += 1
+            job.counted = True
+            job.started_at = now
+
+    def renew(self, jobs: list) -> None:
+        """Extend the leases of jobs this runner still holds (those it lost stay lost)."""
+        until = utcnow() + self.lease
+        for token, held in self._by_token(jobs).items():
+            self.store.jobs.update_many(
+                {"_id": {"$in": [job.id for job in held]}, "lease.token": token},
+                {"$set": {"lease.until": until}},
+            )
+
+    @staticmethod
+    def _by_token(jobs: list) -> dict[str, list]:
+        grouped: dict[str, list] = {}
+        for job in jobs:
+            grouped.setdefault(job.token, []).append(job)
+        return grouped
 
     def requeue_expired(self) -> int:
         """Free the jobs whose lease ran out, or fail them past MAX_ATTEMPTS."""
@@ -315,3 +361,43 @@ class JobQueue:
     def _change_held(self, job_id: ObjectId, token: str, update: dict, condition=None):
         """Apply an update to a job only while this token still holds it (and condition holds)."""
         return self.store.jobs.update_one(leased_by(job_id, token, condition), update)
+
+
+class LeaseKeeper:
+    """Renews, every third of a lease, the leases of the jobs an engine holds, however
+    long they wait: behind other batches and models, a model's runner starting, a
+    slow call. One thread per engine; jobs are held for the length of a run."""
+
+    def __init__(self, queue: JobQueue):
+        self.queue = queue
+        self.every_s = queue.lease.total_seconds() / 3
+        self._held: dict[int, object] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sibyl-leases", daemon=True)
+        self._thread.start()
+
+    @contextmanager
+    def holding(self, jobs: list):
+        with self._lock:
+            self._held.update((id(job), job) for job in jobs)
+        try:
+            yield
+        finally:
+            with self._lock:
+                for job in jobs:
+                    self._held.pop(id(job), None)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            with self._lock:
+                jobs = list(self._held.values())
+            if not jobs:
+                continue
+            try:
+                self.queue.renew(jobs)
+            except PyMongoError as error:
+                log.warning("could not renew %d leases (%s); retrying", len(jobs), error)

@@ -52,7 +52,7 @@ class Runner:
         """Claim queued jobs nobody holds, after freeing those whose lease expired, and
         run(jobs) them."""
         self.queue.requeue_expired()
-        ids = self.queue.queued(limit=self.max_batch_size)
+        ids = self.queue.queued(self.max_batch_size)
         if not ids:
             return 0
         token, claimed = self.queue.claim(ids)
@@ -142,7 +142,7 @@ class Dispatcher(Runner):
         super().stop()
         for thread in [self._thread, *(lane.thread for lane in self._lanes.values())]:
             thread.join(timeout)
-        self.engine.runners.stop()
+        self.engine.stop()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -228,4 +228,4 @@ class Worker(Runner):
                     continue
                 self.signal.wait()
         finally:
-            self.engine.runners.stop()
+            self.engine.stop()

@@ -23,7 +23,7 @@ from bson import ObjectId
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from service.errors import InputError
-from service.jobs.claims import JobQueue, utcnow
+from service.jobs.claims import JobQueue, LeaseKeeper, utcnow
 from service.jobs.completions import Completions
 from service.jobs.held import Held
 from service.registry import model_store
@@ -55,6 +55,9 @@ class Job:
     tags: dict = field(default_factory=dict)
     owner: str | None = None  # carried onto its predictions
     done: int = 0  # instances whose predictions are stored
+    # Whether this attempt is counted in its document: a claimed job's is when its
+    # first batch starts (JobQueue.start); a job inserted leased is counted at insert.
+    counted: bool = True
     started_at: datetime | None = None  # when its first batch began
     # Not yet in the database: its document, written once it ends (service/jobs/held.py).
     held: Held | None = None
@@ -71,9 +74,10 @@ class Job:
             model=model,
             arrays=arrays,
             count=count,
-            attempts=document.get("attempts", 1),
+            attempts=document.get("attempts", 0),
             tags=document.get("tags") or {},
             owner=document.get("owner"),
+            counted=False,
         )
 
 
@@ -93,6 +97,12 @@ class Engine:
             config["MODEL_CACHE_SIZE"],
         )
         self._model_documents: dict[ObjectId, dict] = {}
+        self.leases = LeaseKeeper(queue)
+
+    def stop(self) -> None:
+        """Stop the model runners and the lease keeper."""
+        self.runners.stop()
+        self.leases.stop()
 
     def model_document(self, model_id: ObjectId) -> dict | None:
         """A model document by id (models never change once stored, so cache them)."""
@@ -104,18 +114,19 @@ class Engine:
         return self._model_documents[model_id]
 
     def jobs_from_documents(self, documents: list[dict]) -> list[Job]:
-        """Turn claimed job documents into runnable jobs; fail those that cannot run."""
+        """Turn claimed job documents into runnable jobs; fail those that can never run
+        (for good: another attempt would end the same)."""
         jobs = []
         for document in documents:
             model = self.model_document(document["model_ref"]["_id"])
-            token, attempts = document["lease"]["token"], document.get("attempts", 1)
+            token, attempts = document["lease"]["token"], document.get("attempts", 0)
             if model is None:
-                self._fail(document["_id"], token, attempts, "its model was deleted")
+                self._fail(document["_id"], token, attempts, "its model was deleted", True)
                 continue
             try:
                 jobs.append(Job.from_document(document, model, self.max_instances))
             except InputError as error:
-                self._fail(document["_id"], token, attempts, str(error))
+                self._fail(document["_id"], token, attempts, str(error), True)
         return jobs
 
     def run(self, jobs: list[Job]) -> None:
@@ -125,8 +136,9 @@ class Engine:
         groups: dict[ObjectId, list[Job]] = {}
         for job in jobs:
             groups.setdefault(job.model["_id"], []).append(job)
-        for group in groups.values():
-            self._run_group(group)
+        with self.leases.holding(jobs):
+            for group in groups.values():
+                self._run_group(group)
 
     @staticmethod
     def _take(job: Job) -> bool:
@@ -149,6 +161,9 @@ class Engine:
             if partial:
                 self.queue.insert_held(partial)
             began = utcnow()
+            fresh = [job for job, _, _ in batch if not job.counted]
+            if fresh:
+                self.queue.start(fresh, began)
             for job, _, _ in batch:
                 job.started_at = job.started_at or began
             rows = sum(stop - start for _, start, stop in batch)
