@@ -107,6 +107,8 @@ def test_serve_trains_demo_models_stops_cleanly_and_keeps_data(serve, tmp_path):
     output = process.stdout.read()
     assert "embedded SecantusDB at mongodb://127.0.0.1:" in output
     assert "Sibyl API at http://127.0.0.1:" in output
+    # Sibyl's lines, not TensorFlow's start-up notices, while the demo models train.
+    assert "oneDNN" not in output and "cuInit" not in output and "absl" not in output
     # Only the process that started the database stops it, not an exiting API worker.
     assert output.count("stopping the embedded database") == 1
     assert output.count(admin_key) == 1  # printed once, never logged

@@ -135,10 +135,16 @@ def model_limits(config) -> dict:
 
 
 def main() -> None:
+    # TensorFlow's C++ start-up notices (oneDNN, CUDA drivers) are written to file
+    # descriptor 2 whatever TF_CPP_MIN_LOG_LEVEL says: `make run` shows Sibyl's lines,
+    # so they go nowhere, and Python's own (logs, tracebacks) to the real stderr.
+    sys.stderr = os.fdopen(os.dup(2), "w", buffering=1)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     client = pymongo.MongoClient(os.environ["MONGO_URI"], tz_aware=True, **settings.MONGO_OPTIONS)
     db = client.get_default_database(settings.MONGO_DBNAME)
     ensure_demo_models(db, model_limits(settings))
