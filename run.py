@@ -188,6 +188,7 @@ def serve(args: argparse.Namespace) -> None:
     if not mongo_uri:
         database = EmbeddedDatabase(settings.EMBEDDED_DB_PATH, settings.EMBEDDED_DB_PORT)
         database.start()
+        database.supervise()
         mongo_uri = database.uri
         EMBEDDED_URI_FILE.write_text(mongo_uri)
         log.info("embedded SecantusDB at %s, data in %s", mongo_uri, database.path.resolve())

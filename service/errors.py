@@ -91,3 +91,21 @@ class TooManyActive(SibylError):
         self.in_flight = in_flight
         self.limit = limit
         self.adding = adding
+
+
+class MaybeStored(SibylError):
+    """The database dropped while jobs were being written: they may be stored or not.
+
+    A 503 that says so and names them (`_jobs`), so that a client looks them up before
+    sending them again instead of running them twice. Those that were stored run."""
+
+    status = 503
+    headers = {"Retry-After": "5"}
+
+    def __init__(self, ids: list, cause: BaseException):
+        super().__init__(
+            f"database unavailable ({type(cause).__name__}) while storing {len(ids)} job(s): "
+            "they may have been stored, and then they will run; look them up "
+            "(GET /v1/jobs/<id>, ids in `_jobs`) before sending them again"
+        )
+        self.ids = ids

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import child_processes, wait_until_healthy
+from conftest import child_processes, wait_for, wait_until_healthy
 
 from service.store.embedded_db import free_port
 
@@ -23,6 +23,10 @@ def descendants(pid: int) -> set[int]:
             found.add(child)
             stack.append(child)
     return found
+
+
+def command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
 def alive(pid: int) -> bool:
@@ -125,3 +129,35 @@ def test_serve_trains_demo_models_stops_cleanly_and_keeps_data(serve, tmp_path):
     # The second start found the admin key: no new one made, none printed.
     assert "admin API key" not in process.stdout.read()
     assert key_file.read_text().strip() == admin_key
+
+
+def test_serve_restarts_its_embedded_database_when_it_dies(serve, tmp_path):
+    """Found: a SIGKILLed embedded database stayed down and /v1/readyz answered 503
+    until someone restarted it by hand. run.py serve now brings it back, on its data."""
+    process, url = serve()
+    key = (tmp_path / "admin.key").read_text().strip()
+    http = keyed(key)
+    first = http.post(
+        url + "/v1/jobs?wait=30", json={"model": "iris", "inputs": [[5.1, 3.5, 1.4, 0.2]]}
+    )
+    assert first.json()["status"] == "succeeded"
+    (database,) = [pid for pid in descendants(process.pid) if "secantus" in command_line(pid)]
+    os.kill(database, signal.SIGKILL)
+    wait_for(lambda: not alive(database), 30, "the database to die")
+    # Until it is back, a request that needs it is a 503 with Retry-After, never a 500.
+    answer = http.get(url + "/v1/jobs", timeout=30)
+    assert answer.status_code in (200, 503), answer.text
+    wait_for(
+        lambda: requests.get(url + "/v1/readyz", timeout=10).status_code == 200,
+        90,
+        "/v1/readyz to answer 200 again",
+    )
+    job = http.get(url + f"/v1/jobs/{first.json()['_id']}", timeout=30)
+    assert job.status_code == 200  # the same data
+    again = http.post(
+        url + "/v1/jobs?wait=30", json={"model": "iris", "inputs": [[5.1, 3.5, 1.4, 0.2]]}
+    )
+    assert again.status_code == 201 and again.json()["status"] == "succeeded"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    assert "restarting it" in process.stdout.read()

@@ -9,7 +9,7 @@ from flask import Flask, Response, abort, current_app, json, request
 from pymongo.errors import ConnectionFailure, OperationFailure
 from werkzeug.exceptions import BadRequest, NotFound, RequestEntityTooLarge, ServiceUnavailable
 
-from service.errors import InvalidField, Rejected, SibylError
+from service.errors import InvalidField, MaybeStored, Rejected, SibylError
 
 RETRY_AFTER_SECONDS = 5
 
@@ -102,6 +102,8 @@ def domain_error(error: SibylError) -> Response:
         body["_issues"] = {error.field: error.message}
     if isinstance(error, Rejected):
         body.update(rejected_body(error.issues, request.get_json(silent=True)))
+    if isinstance(error, MaybeStored):
+        body["_jobs"] = [str(job_id) for job_id in error.ids]
     return Response(
         json.dumps(body), error.status, headers=error.headers, mimetype="application/json"
     )

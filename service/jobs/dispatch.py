@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from service.jobs.claims import JobQueue
 from service.jobs.completions import Completions
@@ -30,6 +30,26 @@ log = logging.getLogger(__name__)
 
 def worker_id(kind: str) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{kind}"
+
+
+def run_through_outages(
+    run: Callable[[list[Job]], None], jobs: list[Job], stopping: threading.Event, wait_s: float
+) -> None:
+    """run(jobs); if the database drops meanwhile, run them again once it answers.
+
+    They are still leased to this runner: dropped, they would wait for their leases to
+    expire, counted against their owners' quotas all the while (a database restart once
+    cost 85 to 176 needless 429s). Runs are idempotent: a batch stored before the outage
+    is not stored twice."""
+    while True:
+        try:
+            return run(jobs)
+        except ConnectionFailure as error:
+            log.warning(
+                "database unreachable (%s); %d jobs run again when it answers", error, len(jobs)
+            )
+            if stopping.wait(wait_s):
+                return None
 
 
 class Runner:
@@ -83,7 +103,7 @@ class Lane:
             try:
                 jobs = self._collect()
                 if jobs:
-                    self.engine.run(jobs)
+                    run_through_outages(self.engine.run, jobs, self._stop, self.poll_seconds)
             except PyMongoError as error:
                 # Jobs stay queued or leased in MongoDB; a later sweep runs them.
                 log.warning("dispatcher: database error (%s); retrying shortly", error)
@@ -209,12 +229,15 @@ class Worker(Runner):
         super().__init__(store, config, Completions(JobEvents()), "worker")
         self.signal = JobSignal(store, self.poll_seconds)
 
+    def _run(self, jobs: list[Job]) -> None:
+        run_through_outages(self.engine.run, jobs, self._stop, self.poll_seconds)
+
     def run_forever(self) -> None:
         log.info("worker %s waiting for jobs", self.queue.worker_id)
         try:
             while not self._stop.is_set():
                 try:
-                    if self.sweep(self.engine.run):
+                    if self.sweep(self._run):
                         self.signal.reset_backoff()
                         continue
                 except PyMongoError as error:

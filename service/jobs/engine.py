@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 from bson import ObjectId
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
 
+from schemas.common import ACTIVE_STATUSES
 from service.errors import InputError
 from service.jobs.claims import JobQueue, LeaseKeeper, utcnow
 from service.jobs.completions import Completions
@@ -58,6 +59,8 @@ class Job:
     # Whether this attempt is counted in its document: a claimed job's is when its
     # first batch starts (JobQueue.start); a job inserted leased is counted at insert.
     counted: bool = True
+    # Its insert may or may not have landed (the database dropped): run only if stored.
+    uncertain: bool = False
     started_at: datetime | None = None  # when its first batch began
     # Not yet in the database: its document, written once it ends (service/jobs/held.py).
     held: Held | None = None
@@ -132,23 +135,57 @@ class Engine:
     def run(self, jobs: list[Job]) -> None:
         """Run claimed jobs, grouped by model version. A held job left unwritten (the
         engine stopped before its write) is stored by its request when its wait ends."""
-        jobs = [job for job in jobs if self._take(job)]
+        jobs = self._stored_if_uncertain([job for job in jobs if self._take(job)])
+        # Run again after the database dropped (dispatch.run_through_outages): a job
+        # whose predictions are all stored only needs its success written.
+        stored = [job for job in jobs if job.done == job.count]
+        if stored:
+            self._complete_stored(stored)
         groups: dict[ObjectId, list[Job]] = {}
         for job in jobs:
-            groups.setdefault(job.model["_id"], []).append(job)
+            if job.done < job.count:
+                groups.setdefault(job.model["_id"], []).append(job)
         with self.leases.holding(jobs):
             for group in groups.values():
                 self._run_group(group)
 
+    def _complete_stored(self, jobs: list[Job]) -> None:
+        succeeded = self.queue.succeed(jobs, utcnow())
+        for job in jobs:
+            if job.id not in succeeded:
+                log.warning("lost the lease of job %s; leaving it to its new holder", job.id)
+                self.completions.forget_predictions(job.id)
+
     @staticmethod
     def _take(job: Job) -> bool:
         """Whether to run the job: a held one its request already stored is an ordinary
-        job from now on; one its request could not store is not run."""
+        job from now on; one its request could not store is not run, unless the
+        database dropped during that write (then it runs if it was stored)."""
         if job.held is None or not job.held.stored.is_set():
             return True
-        lost = job.held.lost
+        lost, error = job.held.lost, job.held.error
         job.held = None
-        return not lost
+        job.uncertain = isinstance(error, ConnectionFailure)
+        return job.uncertain or not lost
+
+    def _stored_if_uncertain(self, jobs: list[Job]) -> list[Job]:
+        """Jobs, less those whose insert may have failed and did: an uncertain job runs
+        only if its document is there, active and still leased to it."""
+        uncertain = [job for job in jobs if job.uncertain]
+        if not uncertain:
+            return jobs
+        found = {
+            (doc["_id"], doc["lease"]["token"])
+            for doc in self.store.jobs.find(
+                {"_id": {"$in": [job.id for job in uncertain]}, "status": {"$in": ACTIVE_STATUSES}},
+                {"lease.token": 1},
+            )
+            if doc.get("lease")
+        }
+        for job in uncertain:
+            job.uncertain = False
+        missing = {id(job) for job in uncertain if (job.id, job.token) not in found}
+        return [job for job in jobs if id(job) not in missing]
 
     def _run_group(self, jobs: list[Job]) -> None:
         """Pack the jobs' instances into batches; a failing batch is retried job by job."""

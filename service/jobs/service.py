@@ -16,9 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from bson import ObjectId
+from pymongo.errors import ConnectionFailure
 
 from schemas.common import ACTIVE_STATUSES, FINISHED_STATUSES
-from service.errors import Conflict, InvalidField, Rejected, Unprocessable
+from service.errors import Conflict, InvalidField, MaybeStored, Rejected, Unprocessable
 from service.jobs.claims import JobQueue, new_job, utcnow
 from service.jobs.completions import Completions, Waiter
 from service.jobs.engine import Job
@@ -162,6 +163,9 @@ class JobService:
                 identity,
                 submitted=dict(zip(accepted.ids, accepted.documents, strict=True)),
             )
+        except ConnectionFailure as error:
+            # Some may be stored (written by the engine, or by this request) and run.
+            raise MaybeStored(accepted.ids, error) from error
         finally:
             self.completions.release(accepted.ids)
             self.in_flight.inserted(accepted.reservation)
@@ -217,9 +221,19 @@ class JobService:
 
     def _insert(self, accepted: "Accepted", identity: Identity, documents: list[dict]) -> None:
         """Store documents of the accepted jobs queued; their reservation is given back
-        if the insert fails."""
+        if the insert fails. If the database dropped meanwhile, they may be stored:
+        MaybeStored says so, and this process runs those that were once it is back."""
         try:
             self.store.acting_as(identity).jobs.insert_many(documents)
+        except ConnectionFailure as error:
+            self.in_flight.cancel(accepted.reservation)
+            written = {document["_id"] for document in documents}
+            uncertain = [job for job in accepted.jobs if job.id in written]
+            for job in uncertain:
+                job.uncertain = True
+            if accepted.runner is not None:
+                accepted.runner.submit(uncertain)
+            raise MaybeStored([document["_id"] for document in documents], error) from error
         except BaseException:
             self.in_flight.cancel(accepted.reservation)
             raise

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class EmbeddedDatabase:
         self.port = port or free_port(host)
         self.process: subprocess.Popen | None = None
         self.owner_pid = 0  # the process that started the server
+        self._stopping = threading.Event()
 
     @property
     def uri(self) -> str:
@@ -101,7 +103,8 @@ class EmbeddedDatabase:
                     return
                 except PyMongoError:
                     if time.monotonic() > deadline:
-                        self.stop()
+                        self.process.kill()
+                        self.process.wait()
                         raise RuntimeError(
                             f"SecantusDB did not answer within {timeout} s"
                         ) from None
@@ -114,8 +117,35 @@ class EmbeddedDatabase:
         gunicorn worker, inherits the object but must not stop the server)."""
         return self.process is not None and self.owner_pid == os.getpid()
 
+    def supervise(self, backoff_s: float = 1.0, max_backoff_s: float = 30.0) -> None:
+        """Restart the server, on the same data and port, whenever it exits until stop()
+        (waiting backoff_s between failed starts, doubling up to max_backoff_s): with the
+        embedded default there is nobody else to bring it back, and until then every
+        request that needs it answers 503."""
+
+        def watch() -> None:
+            wait_s = backoff_s
+            while not self._stopping.wait(0.5):
+                if self.process.poll() is None:
+                    continue
+                log.warning(
+                    "the embedded database exited (code %s); restarting it",
+                    self.process.returncode,
+                )
+                try:
+                    self.start()
+                    log.info("the embedded database is back at %s", self.uri)
+                    wait_s = backoff_s
+                except RuntimeError as error:
+                    log.warning("%s; trying again in %s s", error, wait_s)
+                    self._stopping.wait(wait_s)
+                    wait_s = min(wait_s * 2, max_backoff_s)
+
+        threading.Thread(target=watch, name="sibyl-database-supervisor", daemon=True).start()
+
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the server cleanly (SIGTERM lets it flush), killing it if it hangs."""
+        self._stopping.set()
         if not self.owned_here or self.process.poll() is not None:
             return
         self.process.terminate()
