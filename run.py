@@ -7,6 +7,7 @@ python run.py worker    a worker process running queued jobs (any number; with
                         SIBYL_INFERENCE=workers the API only queues)
 python run.py keys create --role client --name alice   make an API key (shown once)
 python run.py keys list | keys revoke <id>              list or revoke keys
+python run.py status [--json]   queue depth, oldest queued job, runners, models
 """
 
 import argparse
@@ -14,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,6 +66,22 @@ def warm_up(worker) -> None:
 def close(server, worker) -> None:
     """Gunicorn worker_exit: let the dispatcher finish its batch."""
     worker.flask_app.extensions["sibyl"].close()
+
+
+def forget_metrics(server, worker) -> None:
+    """Gunicorn child_exit: a dead worker's live gauges leave /metrics (its counts stay)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def metrics_folder() -> None:
+    """Where every API process keeps its counts, emptied, before gunicorn forks them
+    (prometheus_client's multiprocess mode reads it when first imported)."""
+    folder = Path(settings.METRICS_DIR)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder.resolve())
 
 
 # Gunicorn manages the processes; each runs the front (service/api/front.py), which
@@ -145,6 +163,46 @@ def manage_keys(args: argparse.Namespace) -> None:
         )
 
 
+def show_status(args: argparse.Namespace) -> None:
+    """The queue, the runners holding jobs and the models: text, or JSON with --json."""
+    from service.jobs.status import job_status
+
+    mongo_uri = database_uri()
+    try:
+        report = job_status(database_of(mongo_uri))
+    except pymongo.errors.PyMongoError as error:
+        raise SystemExit(f"cannot read the database at {redact(mongo_uri)}: {error}") from None
+    print(json.dumps(report, indent=2) if args.json else status_text(report))
+
+
+def status_text(report: dict) -> str:
+    """`run.py status` for a person: a count per line, details indented below it."""
+    queued = f"{report['queued']:,}{'+' if report['queued_capped'] else ''} jobs"
+    if oldest := report["oldest_queued"]:
+        queued += f", oldest {oldest['id']} ({oldest['model']}) waiting {oldest['age_s']:,.0f} s"
+    runners, models = report["runners"], report["models"]
+    lines = [
+        f"queued    {queued}",
+        f"runners   {len(runners)} holding jobs, {len(report['live_runners'])} live",
+    ]
+    width = max((len(runner["worker"]) for runner in runners), default=0)
+    for runner in runners:
+        left = runner["lease_left_s"]
+        lease = f"{left:,.0f} s left" if runner["live"] else f"expired {-left:,.0f} s ago"
+        lines.append(
+            f"          {runner['worker']:<{width}}  running {runner['running']:<5} "
+            f"claimed {runner['claimed']:<5} lease {lease}"
+        )
+    lines.append(f"models    {len(models)}")
+    width = max((len(model["name"]) for model in models), default=0)
+    for model in models:
+        lines.append(
+            f"          {model['name']:<{width}}  v{model['version']!s:<3} "
+            f"{model['stage'] or '-':<11} {model['status']}"
+        )
+    return "\n".join(lines)
+
+
 def database_uri() -> str:
     """MONGO_URI, or the URI of the embedded database `serve` runs on this machine."""
     if settings.MONGO_URI:
@@ -196,6 +254,7 @@ def serve(args: argparse.Namespace) -> None:
         log.info("MongoDB at %s", redact(mongo_uri))
     log.info("inference: %s", settings.INFERENCE)
     check_confinement()
+    metrics_folder()
     options = {
         "bind": f"{settings.HOST}:{settings.PORT}",
         "workers": settings.WEB_WORKERS,
@@ -209,6 +268,7 @@ def serve(args: argparse.Namespace) -> None:
         "when_ready": announce,
         "post_worker_init": warm_up,
         "worker_exit": close,
+        "child_exit": forget_metrics,
     }
     try:
         if settings.AUTH:
@@ -235,6 +295,11 @@ def worker(args: argparse.Namespace) -> None:
     mongo_uri = database_uri()
     log.info("worker on %s", redact(mongo_uri))
     check_confinement()
+    if settings.METRICS_PORT:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.METRICS_PORT, addr="127.0.0.1")
+        log.info("worker metrics at http://127.0.0.1:%s/metrics", settings.METRICS_PORT)
     runner = Worker(Store(database_of(mongo_uri)), load_settings())
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: runner.stop())
@@ -242,9 +307,9 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from service import logs
+
+    logs.configure(settings.LOG_FORMAT)
     parser = argparse.ArgumentParser(
         prog="run.py", description="Sibyl: TensorFlow inference over REST"
     )
@@ -261,6 +326,9 @@ def main(argv: list[str] | None = None) -> None:
     actions.add_parser("list", help="every key, revoked ones too (never the secrets)")
     revoke = actions.add_parser("revoke", help="stop a key from working")
     revoke.add_argument("id")
+    status = commands.add_parser("status", help="the queue, the runners and the models")
+    status.add_argument("--json", action="store_true", help="as one JSON document")
+    status.set_defaults(func=show_status)
     args = parser.parse_args(argv)
     getattr(args, "func", serve)(args)
 

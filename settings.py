@@ -87,6 +87,22 @@ BODY_TIMEOUT_S = _int("SIBYL_BODY_TIMEOUT_S", 30)
 # (a 503 past it): slow bodies on many connections cannot take the memory either.
 MAX_BUFFERED_MB = _int("SIBYL_MAX_BUFFERED_MB", 256)
 
+# --- operations -------------------------------------------------------------
+# /metrics (Prometheus) answers admins, and without a key these addresses (a list).
+METRICS_ADDRESSES = [
+    address.strip()
+    for address in os.environ.get("SIBYL_METRICS_ADDRESSES", "").split(",")
+    if address.strip()
+]
+# `run.py worker` serves its own metrics on this port of 127.0.0.1 (0: none).
+METRICS_PORT = _int("SIBYL_METRICS_PORT", 0)
+# Where the API processes of `run.py serve` keep their counts (emptied at start).
+METRICS_DIR = os.environ.get("SIBYL_METRICS_DIR", "var/metrics")
+# Sibyl's log lines (service/logs.py), each with its request's id: text for people,
+# json for log shippers (one object a line: time, level, logger, message, request_id,
+# exception). Gunicorn's own lines keep gunicorn's format.
+LOG_FORMAT = _choice("SIBYL_LOG_FORMAT", "text", ("text", "json"))
+
 # --- access control ---------------------------------------------------------
 # Every request needs an API key (service/api/auth.py). Only an explicit "off"
 # turns that off, and the API then warns at every start.

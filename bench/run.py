@@ -27,6 +27,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -63,6 +64,7 @@ FULL = {
     "access_concurrency": 32,
     "access_turns": 4,
     "slow_seconds": 20.0,
+    "fair_concurrency": 4,
 }
 QUICK = {
     "concurrency": [1, 4],
@@ -81,6 +83,7 @@ QUICK = {
     "access_concurrency": 4,
     "access_turns": 2,
     "slow_seconds": 8.0,
+    "fair_concurrency": 2,
 }
 CNN = "cnn"  # the expensive model's name in Sibyl
 # The servers of the end-to-end table, same work first: the comparison that matters.
@@ -112,11 +115,11 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def make_key(sibyl, role: str) -> str:
-    """A new API key of the role, made with Sibyl's admin key."""
+def make_key(sibyl, role: str, name: str = "") -> str:
+    """A new API key of the role (its owner: name), made with Sibyl's admin key."""
     created = requests.post(
         sibyl.url + "/v1/keys",
-        json={"role": role, "name": f"bench {role}"},
+        json={"role": role, "name": name or f"bench {role}"},
         headers=bearer(sibyl.admin_key),
         timeout=10,
     )
@@ -421,6 +424,40 @@ def front_cost(sibyl: Server, workdir: Path, sizes: dict, key: str) -> dict:
         }
         print(f"  healthz answered under slow clients: {slow}", flush=True)
     return {"rows": rows, "slow_clients": slow}
+
+
+def fairness(sibyl: Server, sizes: dict, keys: dict) -> dict:
+    """Single-instance iris jobs from a few clients, on an idle service and then while
+    another client's 10,000-instance jobs run one after another: p99 against p99."""
+    bounds = dict(
+        concurrency=sizes["fair_concurrency"],
+        max_requests=sizes["max_requests"],
+        max_seconds=sizes["max_seconds"],
+    )
+    url, headers = sibyl.url + "/v1/jobs?wait=30", bearer(keys["client"])
+    idle = run_load(url, iris_body, **bounds, is_success=succeeded, headers=headers)
+    features = load_iris()[0].tolist()
+    large = {"model": "iris", "inputs": [features[i % len(features)] for i in range(10_000)]}
+    stop, large_jobs = threading.Event(), []
+
+    def post_large_jobs() -> None:
+        http = requests.Session()
+        http.headers.update(bearer(keys["other"]))
+        while not stop.is_set():
+            answer = http.post(sibyl.url + "/v1/jobs?wait=60", json=large, timeout=90)
+            large_jobs.append(answer.json().get("status"))
+
+    poster = threading.Thread(target=post_large_jobs, daemon=True)
+    poster.start()
+    try:
+        loaded = run_load(url, iris_body, **bounds, is_success=succeeded, headers=headers)
+    finally:
+        stop.set()
+        poster.join(120)
+    row = {"idle": idle.summary(), "loaded": loaded.summary(), "large_jobs": large_jobs}
+    row.update(ratios(row["idle"], row["loaded"]))
+    print(f"  p99 with 10,000-instance jobs running: {row['p99_ratio']}x idle", flush=True)
+    return row
 
 
 def front_markdown(results: dict) -> list[str]:
@@ -813,6 +850,23 @@ def runner_markdown(results: dict) -> list[str]:
 
 def markdown(results: dict) -> str:
     lines = end_to_end_markdown(results) + workers_markdown(results) + front_markdown(results)
+    fair = results["fairness"]
+    lines += [
+        "",
+        f"## Fair service: single-instance iris jobs from {fair['idle']['concurrency']} "
+        "clients, idle and while another client's 10,000-instance jobs run",
+        "",
+        "| service | jobs/s | p50 ms | p99 ms |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {fair[name]['throughput_per_s']} | {fair[name]['p50_ms']} "
+            f"| {fair[name]['p99_ms']} |"
+            for name in ("idle", "loaded")
+        ),
+        f"\np99 while large jobs run: **{fair['p99_ratio']}×** the idle p99 (the aim: at most "
+        f"3×); {len(fair['large_jobs'])} large jobs ran meanwhile "
+        f"({', '.join(sorted(set(map(str, fair['large_jobs']))))}).",
+    ]
     lines += expensive_model_markdown(results)
     cost = results["write_concern"]
     lines += [
@@ -1021,6 +1075,10 @@ def main(argv: list[str] | None = None) -> int:
 
         with section("front", "the front against gunicorn's threaded worker"):
             results["front"] = front_cost(sibyl, workdir, sizes, keys["client"])
+
+        with section("fairness", "small jobs while a 10,000-instance job runs"):
+            keys["other"] = make_key(sibyl, "client", "bench large jobs")
+            results["fairness"] = fairness(sibyl, sizes, keys)
 
         with section("write_concern", "durable writes against w:1 without journal"):
             results["write_concern"] = write_concern_cost(sibyl, workdir, sizes, keys["client"])

@@ -123,6 +123,7 @@ def start_sibyl(
         "SIBYL_MODEL_CACHE_DIR": str(workdir / "models"),
         "SIBYL_ADMIN_KEY": admin_key,
         "SIBYL_ADMIN_KEY_FILE": str(workdir / "admin.key"),
+        "SIBYL_METRICS_DIR": str(workdir / "metrics"),
         "SIBYL_RATE_LIMITS": BENCH_RATE_LIMITS,
         **(extra_env or {}),
         "MONGO_URI": mongo_uri,  # empty: the embedded database, whatever the environment says

@@ -31,6 +31,9 @@ JOBS = {
         "inputs": {"type": ["list", "dict"], "required": True, "empty": False},
         "tags": TAGS,
         "owner": OWNER,
+        # The X-Request-ID of the request that created the job (service/api/request_ids.py),
+        # to find its log lines; null for a job submitted outside a request.
+        "request_id": {"type": "string", "readonly": True, "nullable": True},
         "status": {"type": "string", "allowed": JOB_STATUSES, "readonly": True},
         "attempts": READONLY_INT,
         # Which worker holds the job, until when, and the claim token that every

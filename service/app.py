@@ -8,10 +8,12 @@ from service.api import (
     browsable,
     errors,
     jobs,
+    metrics,
     negotiation,
     openapi,
     rate_limits,
     request_checks,
+    request_ids,
     versioning,
 )
 from service.api.health import health
@@ -52,5 +54,7 @@ def create_app(overrides: dict | None = None) -> Eve:
     jobs.register(app)
     app.register_blueprint(health, url_prefix=app.api_prefix)
     app.register_blueprint(keys, url_prefix=app.api_prefix)
+    metrics.register(app)
+    request_ids.register(app)  # the outermost WSGI layer: every answer carries the id
     openapi.register(app)  # last: it describes every route registered before it
     return app

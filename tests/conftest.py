@@ -22,7 +22,7 @@ from werkzeug import serving
 import settings
 from service.app import create_app
 from service.demo.models import ensure_demo_models, model_limits
-from service.store.embedded_db import EmbeddedDatabase
+from service.store.embedded_db import EmbeddedDatabase, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DB_NAME = "sibyl_test"
@@ -357,3 +357,30 @@ def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float = 120
             pass
         time.sleep(0.2)
     raise AssertionError("the service did not answer /v1/healthz in time")
+
+
+def start_serve(folder: Path, **settings) -> tuple[subprocess.Popen, str, str]:
+    """run.py serve without demo models, its data under folder."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "SIBYL_PORT": str(port),
+        "SIBYL_DB_PATH": str(folder / "db"),
+        "SIBYL_MODEL_CACHE_DIR": str(folder / "models"),
+        "SIBYL_ADMIN_KEY_FILE": str(folder / "admin.key"),
+        "SIBYL_METRICS_DIR": str(folder / "metrics"),
+        "SIBYL_DEMO_MODELS": "0",
+        "MONGO_URI": "",
+        **{f"SIBYL_{name}": str(value) for name, value in settings.items()},
+    }
+    process = subprocess.Popen(
+        [sys.executable, "run.py", "serve"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_until_healthy(url, process)
+    return process, url, (folder / "admin.key").read_text().strip()

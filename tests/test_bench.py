@@ -54,6 +54,12 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
         assert_loaded_cleanly(row, ("off", "on"))
     assert access["throughput_ratio"] > 0
     assert "## Access control" in finished.stdout
+    # Small jobs beside large ones: both loads ran cleanly, and large jobs ran meanwhile.
+    fair = results["fairness"]
+    assert_loaded_cleanly(fair, ("idle", "loaded"))
+    assert fair["large_jobs"] and set(fair["large_jobs"]) <= {"succeeded", "running", "queued"}
+    assert fair["p99_ratio"] > 0
+    assert "## Fair service" in finished.stdout
     # The front against gunicorn's threaded worker, and both under slow clients.
     front = results["front"]
     assert [row["concurrency"] for row in front["rows"]] == [1, 4]

@@ -6,43 +6,15 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import ROOT, child_processes, wait_until_healthy
+from conftest import child_processes, start_serve
 
 from bench.slow_clients import slow_clients
-from service.store.embedded_db import free_port
-
-
-def start_serve(folder: Path, **settings) -> tuple[subprocess.Popen, str, str]:
-    """run.py serve without demo models, its data under folder."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "SIBYL_PORT": str(port),
-        "SIBYL_DB_PATH": str(folder / "db"),
-        "SIBYL_MODEL_CACHE_DIR": str(folder / "models"),
-        "SIBYL_ADMIN_KEY_FILE": str(folder / "admin.key"),
-        "SIBYL_DEMO_MODELS": "0",
-        "MONGO_URI": "",
-        **{f"SIBYL_{name}": str(value) for name, value in settings.items()},
-    }
-    process = subprocess.Popen(
-        [sys.executable, "run.py", "serve"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_until_healthy(url, process)
-    return process, url, (folder / "admin.key").read_text().strip()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import upload_model
+from bson import ObjectId
+from conftest import upload_model, wait_for
 from model_builders import direct_outputs
 
 from service.demo.models import load_digits, load_iris
@@ -134,6 +135,36 @@ def test_large_job_reports_progress_in_batches(start_server, db, demo_models):
     assert len(sizes) == 1000
     assert max(sizes) == 100
     assert len({p["index"] for p in db.predictions.find({}, {"index": 1})}) == 1000
+
+
+def test_a_large_job_does_not_hold_up_small_ones(start_server, db, demo_models):
+    """Small jobs that arrive while a 10,000-instance job runs join its next batch: they
+    finish long before it does (they waited for all of its 40 batches before)."""
+    api = start_server({"MAX_BATCH_SIZE": 100}).api()
+    features, _ = load_iris()
+    inputs = np.tile(features, (67, 1))[:10_000].tolist()
+    big = api.post("/jobs", json={"model": "iris", "inputs": inputs}).json()
+    wait_for(
+        lambda: db.jobs.find_one({"_id": ObjectId(big["_id"])})["progress"]["done"] > 0,
+        60,
+        "the large job to start",
+    )
+    small = [
+        api.post("/jobs?wait=30", json={"model": "iris", "inputs": [features[i].tolist()]}).json()
+        for i in range(5)
+    ]
+    assert {job["status"] for job in small} == {"succeeded"}
+    big = api.get(f"/jobs/{big['_id']}?wait=60").json()
+    assert big["status"] == "succeeded" and big["progress"]["done"] == 10_000
+    # Each small job shared a batch with a slice of the large one, which went on after.
+    batches = {
+        p["batch"]["id"]
+        for p in db.predictions.find({"job": {"$in": [ObjectId(j["_id"]) for j in small]}})
+    }
+    big_batches = set(db.predictions.distinct("batch.id", {"job": ObjectId(big["_id"])}))
+    assert batches <= big_batches
+    finished = {job["_id"]: job["finished_at"] for job in db.jobs.find({}, {"finished_at": 1})}
+    assert all(finished[ObjectId(job["_id"])] < finished[ObjectId(big["_id"])] for job in small)
 
 
 def test_get_wait_holds_until_finished_and_wait_zero_does_not(api, demo_models):

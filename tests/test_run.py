@@ -48,6 +48,7 @@ def serve(tmp_path, run_py):
         "SIBYL_MODEL_CACHE_DIR": str(tmp_path / "models"),
         "SIBYL_WEB_WORKERS": "1",
         "SIBYL_ADMIN_KEY_FILE": str(tmp_path / "admin.key"),
+        "SIBYL_METRICS_DIR": str(tmp_path / "metrics"),
         "MONGO_URI": "",  # unset: the embedded database
     }
 

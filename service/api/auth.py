@@ -18,6 +18,7 @@ from eve.endpoints import error_endpoint
 from flask import Flask, abort, current_app, g, request
 from werkzeug.exceptions import Forbidden, Unauthorized
 
+from service.api.metrics import open_to_caller
 from service.api.roles import FRESH_RIGHTS, PUBLIC, identity_of, may, right_needed
 from service.context import sibyl
 from service.store.access import ANONYMOUS
@@ -44,13 +45,18 @@ def register_authorization(app: Flask) -> None:
     app.before_request(authorize)
 
 
+def is_public(right: str | None) -> bool:
+    """Whether the request needs no key: a public route, or /metrics from an allowed address."""
+    return right == PUBLIC or (right == "metrics:read" and open_to_caller())
+
+
 def authenticate() -> None:
     """Set g.identity from the request's key (left unset when there is no valid key)."""
     if not current_app.config["AUTH"]:
         g.identity = ANONYMOUS
         return
     right = right_needed(request.endpoint, request.method)
-    if right == PUBLIC:
+    if is_public(right):
         return
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer":
@@ -64,7 +70,7 @@ def authorize() -> None:
     """401 without a valid key, 403 without the route's right."""
     identity = g.get("identity")
     right = right_needed(request.endpoint, request.method)
-    if right == PUBLIC:
+    if is_public(right):
         return
     if identity is None:
         # Before routing errors too: a caller without a key learns nothing of the routes.

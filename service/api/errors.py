@@ -10,6 +10,7 @@ from pymongo.errors import ConnectionFailure, OperationFailure
 from werkzeug.exceptions import BadRequest, NotFound, RequestEntityTooLarge, ServiceUnavailable
 
 from service.errors import InvalidField, MaybeStored, Rejected, SibylError
+from service.metrics import DATABASE_ERRORS
 
 RETRY_AFTER_SECONDS = 5
 
@@ -47,6 +48,7 @@ def too_large(error: RequestEntityTooLarge):
 
 def database_unavailable(error: ConnectionFailure):
     """Answer 503 with a Retry-After when MongoDB cannot be reached."""
+    DATABASE_ERRORS.labels("api").inc()
     app_error = ServiceUnavailable(
         description=f"database unavailable: {type(error).__name__}; retry later"
     )

@@ -42,6 +42,7 @@ from pymongo.errors import DuplicateKeyError
 from werkzeug.exceptions import TooManyRequests
 
 from service.api.roles import PUBLIC, RIGHTS, right_needed
+from service.metrics import RATE_LIMITED
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,7 @@ def refusal(limits: RateLimits, item: RateLimitItem, identifiers: tuple[str, str
     # Reckoned once, so that the message and the headers (charge_and_tell) agree.
     g.rate_limit_shown = item, window, seconds_to_reset(window)
     bucket, scope = identifiers
+    RATE_LIMITED.labels(scope).inc()
     identity = g.get("identity")
     if bucket.startswith("key:"):
         whose = f"key {identity.key_id} (role {identity.role})"

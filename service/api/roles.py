@@ -21,6 +21,7 @@ RIGHTS: dict[str, frozenset[str]] = {
             "models:download",
             "models:manage",
             "keys:manage",
+            "metrics:read",
         }
     ),
     "client": frozenset(
@@ -68,6 +69,8 @@ ROUTE_RIGHTS: dict[tuple[str, str], str] = {
     ("keys.create_key", "POST"): "keys:manage",
     ("keys.get_key", "GET"): "keys:manage",
     ("keys.revoke_key", "DELETE"): "keys:manage",
+    # Also without a key from SIBYL_METRICS_ADDRESSES (service/api/metrics.py).
+    ("metrics.scrape", "GET"): "metrics:read",
 }
 
 

@@ -25,6 +25,7 @@ from pymongo.errors import PyMongoError
 from schemas.common import ACTIVE_STATUSES
 from service.jobs.events import JobEnded, JobEvents
 from service.jobs.held import Held
+from service.metrics import JOBS, LEASE_EXPIRIES, PREDICTIONS
 from service.store.access import Store
 from service.store.packed import pack
 
@@ -43,15 +44,24 @@ def changed(fields: dict, now: datetime) -> dict:
     return {"$set": {**fields, "_updated": now}, "$unset": {"_etag": ""}}
 
 
-def new_job(submitted: dict, model: dict, count: int, lease: dict | None, now: datetime) -> dict:
+def new_job(
+    submitted: dict,
+    model: dict,
+    count: int,
+    lease: dict | None,
+    now: datetime,
+    request_id: str | None = None,
+) -> dict:
     """A new job's document: what the client sent, and the state of a queued job.
 
-    With a lease, the job is stored already held by the runner that will run it.
+    With a lease, the job is stored already held by the runner that will run it;
+    request_id is the id of the request that submitted it (None without one).
     """
     return {
         "model": submitted["model"],
         "inputs": pack(submitted["inputs"]),
         "tags": submitted.get("tags") or {},
+        "request_id": request_id,
         "model_ref": {"_id": model["_id"], "name": model["name"], "version": model["version"]},
         "status": "queued",
         "attempts": 1 if lease else 0,
@@ -64,6 +74,12 @@ def new_job(submitted: dict, model: dict, count: int, lease: dict | None, now: d
         "_created": now,
         "_updated": now,
     }
+
+
+def count_succeeded(jobs: list) -> None:
+    """Count jobs (the engine's) whose success was written, before anyone is told."""
+    for job in jobs:
+        JOBS.labels(job.model.get("name", ""), "succeeded").inc()
 
 
 def leased_by(job_id: ObjectId, token: str, condition: dict | None = None) -> dict:
@@ -196,6 +212,7 @@ class JobQueue:
                 count += self._finish_failed(job["_id"], token, message, expired_lease)
             else:
                 count += self._requeue(job["_id"], token, message, expired_lease)
+        LEASE_EXPIRIES.inc(count)
         return count
 
     def extend(self, job_id: ObjectId, token: str, done: int, started_at: datetime) -> bool:
@@ -248,6 +265,7 @@ class JobQueue:
                 elif (doc.get("lease") or {}).get("token") == job.token:
                     retagged.append((job, doc.get("tags") or {}))
         tags = {job.id: job.tags for job in jobs}
+        count_succeeded([job for job in jobs if job.id in succeeded])
         for job_id in succeeded:
             self.events.ended(
                 JobEnded(job_id, "succeeded", {**fields[job_id], "tags": tags[job_id]})
@@ -295,8 +313,13 @@ class JobQueue:
                 self.store.jobs.insert_many(documents, session=session)
                 self.store.predictions.insert_many(rows, ordered=False, session=session)
 
+            def write_and_count():
+                self.store.in_transaction(write)
+                count_succeeded(mine)
+                PREDICTIONS.labels(mine[0].model["name"]).inc(len(rows))
+
             if mine:
-                Held.write(unwritten, lambda: self.store.in_transaction(write))
+                Held.write(unwritten, write_and_count)
         for job in jobs:
             job.held = None
         for job in mine:
@@ -379,13 +402,20 @@ class LeaseKeeper:
 
     @contextmanager
     def holding(self, jobs: list):
-        with self._lock:
-            self._held.update((id(job), job) for job in jobs)
+        """Keep jobs' leases alive for the block; it gets a function that adds more."""
+        held: list = []
+
+        def also(more: list) -> None:
+            held.extend(more)
+            with self._lock:
+                self._held.update((id(job), job) for job in more)
+
+        also(jobs)
         try:
-            yield
+            yield also
         finally:
             with self._lock:
-                for job in jobs:
+                for job in held:
                     self._held.pop(id(job), None)
 
     def stop(self) -> None:

@@ -9,6 +9,7 @@ from MongoDB, woken by a change stream. Both also sweep up queued jobs nobody
 holds and jobs whose lease expired.
 """
 
+import functools
 import logging
 import os
 import queue
@@ -23,6 +24,7 @@ from service.jobs.claims import JobQueue
 from service.jobs.completions import Completions
 from service.jobs.engine import Engine, Job
 from service.jobs.events import JobEvents
+from service.metrics import DATABASE_ERRORS
 from service.store.access import Store
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ def run_through_outages(
         try:
             return run(jobs)
         except ConnectionFailure as error:
+            DATABASE_ERRORS.labels("engine").inc()
             log.warning(
                 "database unreachable (%s); %d jobs run again when it answers", error, len(jobs)
             )
@@ -102,8 +105,17 @@ class Lane:
         while not self._stop.is_set():
             try:
                 jobs = self._collect()
-                if jobs:
-                    run_through_outages(self.engine.run, jobs, self._stop, self.poll_seconds)
+                if not jobs:
+                    continue
+
+                def arrivals(taken: list[Job] = jobs) -> list[Job]:
+                    # Run again after an outage, a run includes those that joined it.
+                    newcomers = self._arrivals()
+                    taken.extend(newcomers)
+                    return newcomers
+
+                run = functools.partial(self.engine.run, arrivals=arrivals)
+                run_through_outages(run, jobs, self._stop, self.poll_seconds)
             except PyMongoError as error:
                 # Jobs stay queued or leased in MongoDB; a later sweep runs them.
                 log.warning("dispatcher: database error (%s); retrying shortly", error)
@@ -111,6 +123,18 @@ class Lane:
             except Exception:
                 log.exception("dispatcher: unexpected error; continuing")
                 self._stop.wait(self.poll_seconds)
+
+    def _arrivals(self) -> list[Job]:
+        """Jobs waiting now (up to a batch of rows), without waiting for more."""
+        jobs, rows = [], 0
+        while rows < self.max_batch_size:
+            try:
+                job = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            jobs.append(job)
+            rows += job.count
+        return jobs
 
     def _collect(self) -> list[Job]:
         """Wait for a job, then gather more for up to MAX_WAIT_MS or a full batch."""

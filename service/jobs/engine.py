@@ -14,6 +14,8 @@ one, so the newest attempt's rows are the ones kept.
 """
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +29,7 @@ from service.errors import InputError
 from service.jobs.claims import JobQueue, LeaseKeeper, utcnow
 from service.jobs.completions import Completions
 from service.jobs.held import Held
+from service.metrics import BATCH_ROWS, JOBS, MODEL_CALL_SECONDS, PREDICTIONS
 from service.registry import model_store
 from service.registry.runner import (
     ModelCallError,
@@ -124,18 +127,23 @@ class Engine:
             model = self.model_document(document["model_ref"]["_id"])
             token, attempts = document["lease"]["token"], document.get("attempts", 0)
             if model is None:
-                self._fail(document["_id"], token, attempts, "its model was deleted", True)
+                name = document["model_ref"]["name"]
+                self._fail(document["_id"], token, attempts, "its model was deleted", name, True)
                 continue
             try:
                 jobs.append(Job.from_document(document, model, self.max_instances))
             except InputError as error:
-                self._fail(document["_id"], token, attempts, str(error), True)
+                self._fail(document["_id"], token, attempts, str(error), model["name"], True)
         return jobs
 
-    def run(self, jobs: list[Job]) -> None:
+    def run(self, jobs: list[Job], arrivals: Callable[[], list[Job]] | None = None) -> None:
         """Run claimed jobs, grouped by model version. A held job left unwritten (the
-        engine stopped before its write) is stored by its request when its wait ends."""
-        jobs = self._stored_if_uncertain([job for job in jobs if self._take(job)])
+        engine stopped before its write) is stored by its request when its wait ends.
+
+        arrivals (a lane's, all of one model version): jobs that came in meanwhile;
+        they join the next batch ahead of what remains of larger jobs, so that a
+        10,000-instance job holds a small one up for one batch, not forty."""
+        jobs = self._admitted(jobs)
         # Run again after the database dropped (dispatch.run_through_outages): a job
         # whose predictions are all stored only needs its success written.
         stored = [job for job in jobs if job.done == job.count]
@@ -145,9 +153,12 @@ class Engine:
         for job in jobs:
             if job.done < job.count:
                 groups.setdefault(job.model["_id"], []).append(job)
-        with self.leases.holding(jobs):
+        with self.leases.holding(jobs) as hold:
             for group in groups.values():
-                self._run_group(group)
+                self._run_group(group, arrivals, hold)
+
+    def _admitted(self, jobs: list[Job]) -> list[Job]:
+        return self._stored_if_uncertain([job for job in jobs if self._take(job)])
 
     def _complete_stored(self, jobs: list[Job]) -> None:
         succeeded = self.queue.succeed(jobs, utcnow())
@@ -187,11 +198,20 @@ class Engine:
         missing = {id(job) for job in uncertain if (job.id, job.token) not in found}
         return [job for job in jobs if id(job) not in missing]
 
-    def _run_group(self, jobs: list[Job]) -> None:
+    def _run_group(
+        self,
+        jobs: list[Job],
+        arrivals: Callable[[], list[Job]] | None = None,
+        hold: Callable[[list[Job]], None] | None = None,
+    ) -> None:
         """Pack the jobs' instances into batches; a failing batch is retried job by job."""
         model = jobs[0].model
         pending = list(jobs)
         while pending:
+            newcomers = self._admitted(arrivals()) if arrivals is not None else []
+            if newcomers:
+                hold(newcomers)
+                pending[0:0] = newcomers
             batch = self._next_batch(pending)
             # A held job that will not finish in this batch is written as an ordinary one.
             partial = [job for job, _, stop in batch if job.held is not None and stop < job.count]
@@ -204,6 +224,7 @@ class Engine:
             for job, _, _ in batch:
                 job.started_at = job.started_at or began
             rows = sum(stop - start for _, start, stop in batch)
+            called = time.perf_counter()
             try:
                 outputs = self.runners.get(model).predict(
                     self._concatenate(batch), self.runners.call_timeout_s(model, rows)
@@ -227,6 +248,9 @@ class Engine:
                 for job in culprits:
                     self._run_group([job])
                 continue
+            version = f"{model['name']}@{model['version']}"
+            MODEL_CALL_SECONDS.labels(version).observe(time.perf_counter() - called)
+            BATCH_ROWS.labels(version).observe(rows)
             self._store(batch, outputs, pending)
 
     def _next_batch(self, pending: list[Job]) -> list[tuple[Job, int, int]]:
@@ -282,6 +306,7 @@ class Engine:
                     self.completions.forget_predictions(job.id)
             batch = [entry for entry in batch if entry[0].id not in written]
         overwritten = self._insert([row for rows in documents.values() for row in rows])
+        PREDICTIONS.labels(batch[0][0].model["name"]).inc(sum(map(len, documents.values())))
         for job_id, rows in documents.items():
             if job_id in overwritten:
                 self.completions.forget_predictions(job_id)
@@ -372,11 +397,19 @@ class Engine:
     def _fail_job(self, job: Job, error: str, for_good: bool = False) -> None:
         if job.held is not None:
             self.queue.insert_held([job])  # a failure is recorded on a stored job
-        self._fail(job.id, job.token, job.attempts, error, for_good)
+        self._fail(job.id, job.token, job.attempts, error, job.model["name"], for_good)
 
     def _fail(
-        self, job_id: ObjectId, token: str, attempts: int, error: str, for_good: bool = False
+        self,
+        job_id: ObjectId,
+        token: str,
+        attempts: int,
+        error: str,
+        model: str,
+        for_good: bool = False,
     ) -> None:
         """for_good: never retried (the model crashed or hung on this job alone)."""
         status = self.queue.fail_attempt(job_id, token, attempts, error, for_good)
+        if status:
+            JOBS.labels(model, "failed" if status == "failed" else "retried").inc()
         log.warning("job %s attempt %s: %s -> %s", job_id, attempts, error, status or "lease lost")

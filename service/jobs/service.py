@@ -25,6 +25,8 @@ from service.jobs.completions import Completions, Waiter
 from service.jobs.engine import Job
 from service.jobs.held import Held
 from service.jobs.quota import InFlight, Reservation
+from service.logs import current_request_id
+from service.metrics import JOBS
 from service.registry.model_store import ModelLookup
 from service.registry.signature import check_inputs
 from service.store.access import Identity, Store
@@ -56,7 +58,9 @@ class Accepted:
         return [document["_id"] for document in self.documents]
 
     def hand_over(self) -> None:
-        """Give the jobs to this process's dispatcher, if it runs them."""
+        """Give the jobs to this process's dispatcher, if it runs them (they are accepted)."""
+        for job in self.jobs:
+            JOBS.labels(job.model["name"], "accepted").inc()
         if self.runner is not None:
             self.runner.submit(self.jobs)
 
@@ -195,7 +199,9 @@ class JobService:
             except InvalidField as error:
                 issues.append((position, error.field, error.message))
                 continue
-            document = identity.stamp("jobs", new_job(fields, model, count, lease, now))
+            document = identity.stamp(
+                "jobs", new_job(fields, model, count, lease, now, current_request_id())
+            )
             document["_id"] = ObjectId()
             documents.append(document)
             token = lease["token"] if lease else ""
