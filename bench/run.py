@@ -471,10 +471,7 @@ def front_markdown(results: dict) -> list[str]:
         "loop) and through a second Sibyl API on the same database served as before it "
         "(gunicorn's threaded worker, `bench/threaded_front.py`), alternating turns.",
         "",
-        "| clients | threads jobs/s | front jobs/s | ratio | threads p50 ms | front p50 ms "
-        "| p50 ratio | threads p99 ms | front p99 ms | CPU ms per job (API · DB): threads → "
-        "front |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *paired_header("clients", "threads", "front"),
     ]
     for row in front["rows"]:
         lines.append(paired_row(row["concurrency"], row["threads"], row["front"], row))
@@ -646,6 +643,16 @@ def paired_cells(base: dict, measured: dict, row: dict) -> str:
     )
 
 
+def paired_header(first: str, base: str, measured: str) -> list[str]:
+    """The head of a table of paired_row lines: base and measured are the servers' names."""
+    return [
+        f"| {first} | {base} jobs/s | {measured} jobs/s | ratio | {base} p50 ms "
+        f"| {measured} p50 ms | p50 ratio | {base} p99 ms | {measured} p99 ms "
+        f"| CPU ms per job (API · DB): {base} → {measured} |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+
 def paired_row(label, base: dict, measured: dict, row: dict) -> str:
     """A table row of paired_cells, then the CPU per job (API · DB) of both."""
     return (
@@ -780,10 +787,7 @@ def workers_markdown(results: dict) -> list[str]:
         "workers, loaded one after the other. 1 worker: the end-to-end row above, measured "
         "earlier in the run.",
         "",
-        "| workers | same work jobs/s | Sibyl jobs/s | ratio | same work p50 ms | Sibyl p50 ms "
-        "| p50 ratio | same work p99 ms | Sibyl p99 ms | CPU ms per job (API · DB): same "
-        "work → Sibyl |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *paired_header("workers", "same work", "Sibyl"),
     ]
     for row in workers["rows"]:
         lines.append(paired_row(row["workers"], row["same_work"], row["sibyl"], row))
@@ -873,8 +877,7 @@ def markdown(results: dict) -> str:
         "",
         f"## Durable writes: iris jobs with SIBYL_WRITE_CONCERN={cost['durable']} against w1 (w:1, no journal), same database",
         "",
-        f"| clients | w1 jobs/s | {cost['durable']} jobs/s | ratio | w1 p50 ms | {cost['durable']} p50 ms | p50 ratio | w1 p99 ms | {cost['durable']} p99 ms | CPU ms per job (API · DB): w1 → {cost['durable']} |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *paired_header("clients", "w1", cost["durable"]),
     ]
     for row in cost["rows"]:
         lines.append(paired_row(row["concurrency"], row["w1"], row["durable"], row))

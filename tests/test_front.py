@@ -133,22 +133,16 @@ def test_heads_and_bodies_out_of_bounds_get_json_refusals(patient):
     declared = b"POST /v1/jobs HTTP/1.1\r\nHost: sibyl\r\nContent-Length: 900000000\r\n\r\n"
     status, _, message = refusal(exchange(url, declared))
     assert (status, message) == (413, "the body is larger than 8388608 bytes")
+
+    def post_spaces(path: str, megabytes: int) -> int:
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        data = b" " * (megabytes * 1024 * 1024)
+        return requests.post(url + path, data=data, headers=headers, timeout=60).status_code
+
     # Sent whole, the answer arrives though the body was not read.
-    too_large = requests.post(
-        url + "/v1/jobs",
-        data=b" " * (9 * 1024 * 1024),
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-        timeout=60,
-    )
-    assert too_large.status_code == 413
+    assert post_spaces("/v1/jobs", 9) == 413
     # Model uploads may be larger: 10 MB reach the app, which wants a multipart form.
-    upload = requests.post(
-        url + "/v1/models",
-        data=b" " * (10 * 1024 * 1024),
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-        timeout=60,
-    )
-    assert upload.status_code == 415
+    assert post_spaces("/v1/models", 10) == 415
     # Keep-alive still works for well-behaved clients.
     session = requests.Session()
     assert [session.get(url + "/v1/healthz", timeout=10).status_code for _ in range(20)] == [

@@ -198,10 +198,15 @@ class JobQueue:
         """Free the jobs whose lease ran out, or fail them past MAX_ATTEMPTS."""
         now = utcnow()
         expired_lease = {"lease.until": {"$lt": now}}
-        expired = self.store.jobs.find(
-            {"status": {"$in": ACTIVE_STATUSES}, **expired_lease},
-            {"_id": 1, "attempts": 1, "lease": 1},
-        ).limit(100)
+        # One query per status: SecantusDB narrows the (status, lease.until) index by
+        # both fields for one status, not for an $in of them (5.5 s at 100k queued).
+        expired = [
+            job
+            for status in ACTIVE_STATUSES
+            for job in self.store.jobs.find(
+                {"status": status, **expired_lease}, {"_id": 1, "attempts": 1, "lease": 1}
+            ).limit(100)
+        ]
         count = 0
         for job in expired:
             message = f"lease expired: worker {job['lease']['worker']} stopped answering"
