@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test fuzz screenshots lint format bench profile clean
+.PHONY: install browser run test fuzz screenshots lint format bench reliability profile clean
 
 install: $(STAMP)
 
@@ -40,6 +40,11 @@ screenshots: install browser
 # itself without access control (about 14 minutes).
 bench: install
 	$(PY) -m bench.run
+
+# The fault suite: workers, API processes and the database killed or paused under load,
+# slow clients, graceful shutdown; a table, and bench/results/reliability-*.json.
+reliability: install
+	$(PY) -m bench.reliability
 
 # Where the time goes: py-spy samples of the API worker and the database under load
 # (MODEL=iris|digits|cnn); docs/PERFORMANCE.md keeps the latest top lines.

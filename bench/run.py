@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,7 +41,7 @@ from bson import json_util
 from bench import cnn, limits
 from bench.loadgen import LoadResult, run_load
 from bench.servers import BASELINES, ROOT, Server, start_baseline, start_sibyl
-from bench.slow_clients import slow_clients
+from bench.slow_clients import healthz_under_slow_clients
 from service.demo.models import load_digits, load_iris
 
 RESULTS = ROOT / "bench" / "results"
@@ -382,22 +382,6 @@ def access_control_cost(sibyl: Server, workdir: Path, sizes: dict, key: str) -> 
     }
 
 
-def answered_under_slow_clients(server: Server, seconds: float) -> dict:
-    """GET /healthz once a second (each given 3 s) while 100 slow heads, 24 dripping
-    bodies and 50 idle keep-alive connections are open: how many were answered."""
-    answered = tries = 0
-    with slow_clients(server.port, seconds) as attack:
-        began = time.monotonic()
-        while len(attack["opened"]) < 174 and time.monotonic() - began < 10:
-            time.sleep(0.1)
-        while time.monotonic() - began < seconds - 3:
-            tries += 1
-            with suppress(requests.RequestException):
-                answered += requests.get(server.url + "/v1/healthz", timeout=3).ok
-            time.sleep(1)
-    return {"answered": answered, "tries": tries}
-
-
 def front_cost(sibyl: Server, workdir: Path, sizes: dict, key: str) -> dict:
     """Sibyl's front (uvicorn workers under gunicorn) against its former one (gunicorn's
     threaded worker, bench/threaded_front.py) on the same database: single-instance iris
@@ -419,7 +403,7 @@ def front_cost(sibyl: Server, workdir: Path, sizes: dict, key: str) -> dict:
             rows.append(row)
             print(f"  iris c={concurrency}: front {row['throughput_ratio']}x jobs/s", flush=True)
         slow = {
-            name: answered_under_slow_clients(server, sizes["slow_seconds"])
+            name: healthz_under_slow_clients(server.url, server.port, sizes["slow_seconds"])
             for name, server in pair
         }
         print(f"  healthz answered under slow clients: {slow}", flush=True)

@@ -5,10 +5,13 @@ Used by tests/test_front.py (and the fault suite): while they are open, the serv
 keep answering everyone else.
 """
 
+import contextlib
 import socket
 import threading
 import time
 from contextlib import contextmanager
+
+import requests
 
 
 def _connect(port: int) -> socket.socket:
@@ -75,3 +78,19 @@ def slow_clients(port: int, seconds: float, headers: int = 100, bodies: int = 24
     finally:
         for thread in threads:
             thread.join(timeout=seconds + 30)
+
+
+def healthz_under_slow_clients(url: str, port: int, seconds: float, timeout_s: float = 3) -> dict:
+    """GET /v1/healthz about once a second (each given timeout_s) while the slow
+    connections of slow_clients are open: {"answered", "tries"}."""
+    answered = tries = 0
+    with slow_clients(port, seconds) as attack:
+        began = time.monotonic()
+        while len(attack["opened"]) < 174 and time.monotonic() - began < 10:
+            time.sleep(0.1)
+        while time.monotonic() - began < seconds - 3:
+            tries += 1
+            with contextlib.suppress(requests.RequestException):
+                answered += requests.get(url + "/v1/healthz", timeout=timeout_s).ok
+            time.sleep(1)
+    return {"answered": answered, "tries": tries}

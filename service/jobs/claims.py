@@ -164,19 +164,29 @@ class JobQueue:
             ids.append(doc["_id"])
         return ids
 
-    def start(self, jobs: list, now: datetime) -> None:
+    def start(self, jobs: list, now: datetime) -> list:
         """Claimed jobs whose first batch begins: running, and an attempt counted.
 
-        jobs: the engine's jobs; each gets its new attempt number and started_at."""
+        jobs: the engine's jobs; each still held gets its new attempt number and
+        started_at. Returns those whose lease was lost meanwhile: they must not run (a
+        run that is not the job's current attempt once replaced the rows of the one
+        that was, then withdrew them, leaving a succeeded job without predictions)."""
+        lost = []
         for token, held in self._by_token(jobs).items():
-            self.store.jobs.update_many(
-                {"_id": {"$in": [job.id for job in held]}, "lease.token": token},
-                {**changed({"status": "running", "started_at": now}, now), "$inc": {"attempts": 1}},
-            )
+            ids = [job.id for job in held]
+            query = {"_id": {"$in": ids}, "lease.token": token}
+            update = changed({"status": "running", "started_at": now}, now)
+            result = self.store.jobs.update_many(query, {**update, "$inc": {"attempts": 1}})
+            if result.modified_count < len(ids):
+                started = {doc["_id"] for doc in self.store.jobs.find(query, {"_id": 1})}
+                lost += [job for job in held if job.id not in started]
+        gone = {id(job) for job in lost}
         for job in jobs:
-            job.attempts += 1
-            job.counted = True
-            job.started_at = now
+            if id(job) not in gone:
+                job.attempts += 1
+                job.counted = True
+                job.started_at = now
+        return lost
 
     def renew(self, jobs: list) -> None:
         """Extend the leases of jobs this runner still holds (those it lost stay lost)."""
@@ -405,6 +415,12 @@ class LeaseKeeper:
         self._thread = threading.Thread(target=self._loop, name="sibyl-leases", daemon=True)
         self._thread.start()
 
+    def hold(self, jobs: list) -> None:
+        """Keep jobs' leases alive until a run that holds them ends (jobs waiting in a
+        lane for their run: their leases once ran out there while a runner started)."""
+        with self._lock:
+            self._held.update((id(job), job) for job in jobs)
+
     @contextmanager
     def holding(self, jobs: list):
         """Keep jobs' leases alive for the block; it gets a function that adds more."""
@@ -412,8 +428,7 @@ class LeaseKeeper:
 
         def also(more: list) -> None:
             held.extend(more)
-            with self._lock:
-                self._held.update((id(job), job) for job in more)
+            self.hold(more)
 
         also(jobs)
         try:

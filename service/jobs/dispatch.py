@@ -170,7 +170,9 @@ class Dispatcher(Runner):
         self._thread.start()
 
     def submit(self, jobs: list[Job]) -> None:
-        """Jobs leased to this process, inputs checked: no claim needed."""
+        """Jobs leased to this process, inputs checked: no claim needed. Their leases
+        are kept alive while they wait for their lane."""
+        self.engine.leases.hold(jobs)
         for job in jobs:
             self._lane(job.model).inbox.put(job)
 

@@ -219,8 +219,12 @@ class Engine:
                 self.queue.insert_held(partial)
             began = utcnow()
             fresh = [job for job, _, _ in batch if not job.counted]
-            if fresh:
-                self.queue.start(fresh, began)
+            lost = self.queue.start(fresh, began) if fresh else []
+            if lost:
+                gone = {id(job) for job in lost}
+                log.warning("lost the leases of %d jobs before they started", len(lost))
+                pending[:] = [job for job in pending if id(job) not in gone]
+                continue  # the batch again, without them
             for job, _, _ in batch:
                 job.started_at = job.started_at or began
             rows = sum(stop - start for _, start, stop in batch)

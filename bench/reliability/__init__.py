@@ -1,0 +1,1 @@
+"""`make reliability`: faults injected under load, and what became of every job."""
