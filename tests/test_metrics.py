@@ -5,6 +5,8 @@ import requests
 from conftest import start_serve, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.store.embedded_db import free_port
+
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 
 
@@ -108,3 +110,24 @@ def test_every_api_process_is_counted(tmp_path):
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_worker_serves_its_own_metrics_when_asked(
+    queue_api, queue_db, queue_demo_models, start_worker
+):
+    port = free_port()
+    worker = start_worker(metrics_port=port)
+    job = queue_api.post("/jobs", json={"model": "iris", "inputs": [SETOSA] * 3}).json()
+    assert queue_api.get(f"/jobs/{job['_id']}?wait=60").json()["status"] == "succeeded"
+
+    def counted():
+        try:
+            samples = scrape(f"http://127.0.0.1:{port}")
+        except requests.RequestException:
+            return False
+        return value(samples, "sibyl_jobs_total", model="iris", event="succeeded") >= 1 and samples
+
+    samples = wait_for(counted, 60, "the worker's metrics to count the job")
+    assert value(samples, "sibyl_predictions_written_total", model="iris") >= 3
+    worker.terminate()
+    worker.wait(30)

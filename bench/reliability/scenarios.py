@@ -13,7 +13,7 @@ from bench.reliability.harness import Cluster, Load, account, wait_until
 from bench.slow_clients import healthz_under_slow_clients
 
 SIZES = {
-    "full": {"trials": 20, "clients": 8, "pause": (0.3, 1.5), "max_seconds": 60, "max_jobs": 800},
+    "full": {"trials": 20, "clients": 8, "pause": (1.0, 3.0), "max_seconds": 60, "max_jobs": 800},
     "tiny": {"trials": 2, "clients": 3, "pause": (0.3, 0.8), "max_seconds": 30, "max_jobs": 150},
 }
 

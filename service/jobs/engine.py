@@ -217,20 +217,24 @@ class Engine:
             partial = [job for job, _, stop in batch if job.held is not None and stop < job.count]
             if partial:
                 self.queue.insert_held(partial)
-            began = utcnow()
             fresh = [job for job, _, _ in batch if not job.counted]
-            lost = self.queue.start(fresh, began) if fresh else []
-            if lost:
-                gone = {id(job) for job in lost}
-                log.warning("lost the leases of %d jobs before they started", len(lost))
-                pending[:] = [job for job in pending if id(job) not in gone]
-                continue  # the batch again, without them
-            for job, _, _ in batch:
-                job.started_at = job.started_at or began
             rows = sum(stop - start for _, start, stop in batch)
-            called = time.perf_counter()
             try:
-                outputs = self.runners.get(model).predict(
+                runner = self.runners.get(model)
+                if fresh:
+                    # A runner starting takes seconds: the attempt counts once it is up.
+                    runner.start()
+                began = utcnow()
+                lost = self.queue.start(fresh, began) if fresh else []
+                if lost:
+                    gone = {id(job) for job in lost}
+                    log.warning("lost the leases of %d jobs before they started", len(lost))
+                    pending[:] = [job for job in pending if id(job) not in gone]
+                    continue  # the batch again, without them
+                for job, _, _ in batch:
+                    job.started_at = job.started_at or began
+                called = time.perf_counter()
+                outputs = runner.predict(
                     self._concatenate(batch), self.runners.call_timeout_s(model, rows)
                 )
             except RunnerRetired:
@@ -280,6 +284,7 @@ class Engine:
 
     def _store(self, batch, outputs: np.ndarray, pending: list[Job]) -> None:
         """Write a batch's predictions, then record progress or completion of its jobs."""
+        model_name = batch[0][0].model["name"]
         rows = outputs.reshape(len(outputs), -1)
         finite = np.isfinite(rows).all(axis=1)
         batch_id = ObjectId()
@@ -310,7 +315,7 @@ class Engine:
                     self.completions.forget_predictions(job.id)
             batch = [entry for entry in batch if entry[0].id not in written]
         overwritten = self._insert([row for rows in documents.values() for row in rows])
-        PREDICTIONS.labels(batch[0][0].model["name"]).inc(sum(map(len, documents.values())))
+        PREDICTIONS.labels(model_name).inc(sum(map(len, documents.values())))
         for job_id, rows in documents.items():
             if job_id in overwritten:
                 self.completions.forget_predictions(job_id)

@@ -178,6 +178,8 @@ class ModelRunner:
     def start(self) -> dict:
         """Start the child and load the model, unless it runs; return its signature."""
         with self._lock:
+            if self._retired:
+                raise RunnerRetired(f"the runner of {self.source.name} was stopped for good")
             if self._process is None:
                 self._start()
             return self.signature
