@@ -13,7 +13,7 @@ from bench.reliability.harness import Cluster, Load, account, wait_until
 from bench.slow_clients import healthz_under_slow_clients
 
 SIZES = {
-    "full": {"trials": 20, "clients": 8, "pause": (1.0, 3.0), "max_seconds": 60, "max_jobs": 800},
+    "full": {"trials": 20, "clients": 8, "pause": (1.0, 3.0), "max_seconds": 40, "max_jobs": 500},
     "tiny": {"trials": 2, "clients": 3, "pause": (0.3, 0.8), "max_seconds": 30, "max_jobs": 150},
 }
 
@@ -123,7 +123,9 @@ def database_kill(folder, size: str) -> dict:
     it; meanwhile 503s with Retry-After (a 503 that may have stored names the jobs);
     every acknowledged job finishes once afterwards."""
     sizes = SIZES[size]
-    cluster = Cluster(folder)
+    # Leases as long as by default: a database restart takes seconds, and leases that
+    # run out meanwhile would send jobs to a new attempt each time (as designed).
+    cluster = Cluster(folder, {"SIBYL_LEASE_SECONDS": "30"})
     try:
         loads = [
             Load(
