@@ -447,18 +447,14 @@ def fairness(sibyl: Server, sizes: dict, keys: dict) -> dict:
 def front_markdown(results: dict) -> list[str]:
     """The front against the threaded worker it replaced."""
     front = results["front"]
-    lines = [
-        "",
-        "## The front: uvicorn workers under gunicorn against gunicorn's threaded worker",
-        "",
+    lines = paired_section(
+        "The front: uvicorn workers under gunicorn against gunicorn's threaded worker",
         "Single-instance iris jobs through Sibyl (its front reads whole requests in an event "
         "loop) and through a second Sibyl API on the same database served as before it "
         "(gunicorn's threaded worker, `bench/threaded_front.py`), alternating turns.",
-        "",
-        *paired_header("clients", "threads", "front"),
-    ]
-    for row in front["rows"]:
-        lines.append(paired_row(row["concurrency"], row["threads"], row["front"], row))
+        ("clients", "threads", "front"),
+        [(row["concurrency"], row["threads"], row["front"], row) for row in front["rows"]],
+    )
     slow = front["slow_clients"]
     lines.append(
         "\n`GET /v1/healthz` answered within 3 s while 100 slow heads (a byte per 0.3 s), 24 "
@@ -637,6 +633,14 @@ def paired_header(first: str, base: str, measured: str) -> list[str]:
     ]
 
 
+def paired_section(title: str, intro: str, names: tuple, rows: list[tuple]) -> list[str]:
+    """A titled table of paired_row lines: names (first column, base, measured) head
+    it, rows are paired_row's arguments."""
+    return ["", f"## {title}", "", intro, "", *paired_header(*names)] + [
+        paired_row(*row) for row in rows
+    ]
+
+
 def paired_row(label, base: dict, measured: dict, row: dict) -> str:
     """A table row of paired_cells, then the CPU per job (API · DB) of both."""
     return (
@@ -761,20 +765,16 @@ def expensive_model_markdown(results: dict) -> list[str]:
 def workers_markdown(results: dict) -> list[str]:
     """Sibyl and the same-work app with 1 and with 2 gunicorn workers each."""
     workers = results["workers"]
-    lines = [
-        "",
-        f"## Two gunicorn workers: iris jobs at {workers['concurrency']} clients, Sibyl "
+    lines = paired_section(
+        f"Two gunicorn workers: iris jobs at {workers['concurrency']} clients, Sibyl "
         "against the same work with as many workers",
-        "",
         "2 workers: a second Sibyl API with SIBYL_WEB_WORKERS=2 on the same database (each "
         "worker runs its own model runners), and the same-work app under gunicorn with 2 "
         "workers, loaded one after the other. 1 worker: the end-to-end row above, measured "
         "earlier in the run.",
-        "",
-        *paired_header("workers", "same work", "Sibyl"),
-    ]
-    for row in workers["rows"]:
-        lines.append(paired_row(row["workers"], row["same_work"], row["sibyl"], row))
+        ("workers", "same work", "Sibyl"),
+        [(row["workers"], row["same_work"], row["sibyl"], row) for row in workers["rows"]],
+    )
     one, two = workers["rows"]
     gain = {
         name: two[name]["throughput_per_s"] / one[name]["throughput_per_s"]

@@ -18,6 +18,28 @@ SIZES = {
 }
 
 
+def started_load(cluster, sizes: dict, tag: str, instances: tuple, wait_s: int = 0) -> Load:
+    """A Load of the scenario's size on the cluster, started."""
+    return Load(
+        cluster.url,
+        cluster.key,
+        tag,
+        sizes["clients"],
+        instances,
+        wait_s=wait_s,
+        max_seconds=sizes["max_seconds"],
+        max_jobs=sizes["max_jobs"],
+    ).start()
+
+
+def plain_and_waiting(cluster, sizes: dict, tag: str) -> list[Load]:
+    """Plain POSTs of 1 or 20 instances, and ?wait= POSTs of 1 or 5 (held, written once)."""
+    return [
+        started_load(cluster, sizes, tag, (1, 20)),
+        started_load(cluster, sizes, f"{tag}_wait", (1, 5), wait_s=10),
+    ]
+
+
 def worker_kill(folder, size: str) -> dict:
     """Workers mode, 3 workers, jobs of 1 to 600 instances: SIGKILL a worker mid-batch,
     start another. Every acknowledged job ends succeeded, one prediction per instance."""
@@ -26,15 +48,7 @@ def worker_kill(folder, size: str) -> dict:
     try:
         for _ in range(3):
             cluster.start_worker()
-        load = Load(
-            cluster.url,
-            cluster.key,
-            "worker_kill",
-            sizes["clients"],
-            (1, 10, 100, 600),
-            max_seconds=sizes["max_seconds"],
-            max_jobs=sizes["max_jobs"],
-        ).start()
+        load = started_load(cluster, sizes, "worker_kill", (1, 10, 100, 600))
         rng = random.Random(1)
         for _ in range(sizes["trials"]):
             time.sleep(rng.uniform(*sizes["pause"]))
@@ -55,15 +69,7 @@ def stale_worker(folder, size: str) -> dict:
     cluster = Cluster(folder, {"SIBYL_INFERENCE": "workers", "SIBYL_LEASE_SECONDS": "2"})
     try:
         stale, _other = cluster.start_worker(), cluster.start_worker()
-        load = Load(
-            cluster.url,
-            cluster.key,
-            "stale_worker",
-            sizes["clients"],
-            (1, 50, 300),
-            max_seconds=sizes["max_seconds"],
-            max_jobs=sizes["max_jobs"],
-        ).start()
+        load = started_load(cluster, sizes, "stale_worker", (1, 50, 300))
         rng = random.Random(2)
         for _ in range(sizes["trials"]):
             time.sleep(rng.uniform(*sizes["pause"]))
@@ -82,27 +88,7 @@ def api_kill(folder, size: str) -> dict:
     sizes = SIZES[size]
     cluster = Cluster(folder, {"SIBYL_WEB_WORKERS": "2"})
     try:
-        loads = [
-            Load(
-                cluster.url,
-                cluster.key,
-                "api_kill",
-                sizes["clients"],
-                (1, 20),
-                max_seconds=sizes["max_seconds"],
-                max_jobs=sizes["max_jobs"],
-            ).start(),
-            Load(
-                cluster.url,
-                cluster.key,
-                "api_kill_wait",
-                sizes["clients"],
-                (1, 5),
-                wait_s=10,
-                max_seconds=sizes["max_seconds"],
-                max_jobs=sizes["max_jobs"],
-            ).start(),
-        ]
+        loads = plain_and_waiting(cluster, sizes, "api_kill")
         rng = random.Random(3)
         for _ in range(sizes["trials"]):
             time.sleep(rng.uniform(*sizes["pause"]))
@@ -127,27 +113,7 @@ def database_kill(folder, size: str) -> dict:
     # run out meanwhile would send jobs to a new attempt each time (as designed).
     cluster = Cluster(folder, {"SIBYL_LEASE_SECONDS": "30"})
     try:
-        loads = [
-            Load(
-                cluster.url,
-                cluster.key,
-                "database_kill",
-                sizes["clients"],
-                (1, 20),
-                max_seconds=sizes["max_seconds"],
-                max_jobs=sizes["max_jobs"],
-            ).start(),
-            Load(
-                cluster.url,
-                cluster.key,
-                "database_kill_wait",
-                sizes["clients"],
-                (1, 5),
-                wait_s=10,
-                max_seconds=sizes["max_seconds"],
-                max_jobs=sizes["max_jobs"],
-            ).start(),
-        ]
+        loads = plain_and_waiting(cluster, sizes, "database_kill")
         rng = random.Random(4)
         for _ in range(sizes["trials"]):
             time.sleep(rng.uniform(*sizes["pause"]))
@@ -167,15 +133,7 @@ def slow_client_flood(folder, size: str) -> dict:
     sizes = SIZES[size]
     cluster = Cluster(folder)
     try:
-        load = Load(
-            cluster.url,
-            cluster.key,
-            "slow_clients",
-            sizes["clients"],
-            (1, 10),
-            max_seconds=sizes["max_seconds"],
-            max_jobs=sizes["max_jobs"],
-        ).start()
+        load = started_load(cluster, sizes, "slow_clients", (1, 10))
         seconds = 20 if size == "full" else 10
         health = healthz_under_slow_clients(cluster.url, cluster.api.port, seconds, timeout_s=5)
         load.stop()
@@ -194,16 +152,7 @@ def graceful_shutdown(folder, size: str) -> dict:
     loads, exits = [], []
     for trial in range(trials):
         cluster = Cluster(folder)
-        load = Load(
-            cluster.url,
-            cluster.key,
-            f"shutdown_{trial}",
-            sizes["clients"],
-            (1, 50),
-            wait_s=5,
-            max_seconds=sizes["max_seconds"],
-            max_jobs=sizes["max_jobs"],
-        ).start()
+        load = started_load(cluster, sizes, f"shutdown_{trial}", (1, 50), wait_s=5)
         wait_until(lambda load=load: len(load.acknowledged) >= 10, 60, "jobs acknowledged")
         began = time.monotonic()
         cluster.api.process.send_signal(signal.SIGTERM)
