@@ -80,8 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         run_load(url, body, max_requests=300, max_seconds=4, **load)  # warm
         tree = process_tree(sibyl.process.pid)
         database = [pid for pid in tree if "secantus" in command_line(pid)]
-        api = [pid for pid in tree if pid != sibyl.process.pid and pid not in database]
+        # The gunicorn worker (run.py serve, below the master); the model runners and
+        # the database are other processes in the tree.
+        api = [pid for pid in tree[1:] if "run.py serve" in command_line(pid)]
+        runners = [pid for pid in tree if "runner" in command_line(pid)]
         outputs = {"API worker": (api[-1], workdir / "api.txt")}
+        if runners:
+            outputs["model runner"] = (runners[-1], workdir / "runner.txt")
         outputs["database"] = (database[-1], workdir / "db.txt")
         spies = [
             subprocess.Popen(
