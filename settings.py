@@ -228,6 +228,9 @@ INFERENCE = _choice("SIBYL_INFERENCE", "in-process", ("in-process", "workers"))
 # for more, trading latency at low load for bigger batches.
 MAX_BATCH_SIZE = _int("SIBYL_MAX_BATCH_SIZE", 256)
 MAX_WAIT_MS = _int("SIBYL_MAX_WAIT_MS", 0)
+# Fair service: while other jobs keep arriving, a job larger than this runs in
+# slices of this many rows, each batch after the newcomers' own.
+FAIR_SLICE_ROWS = _int("SIBYL_FAIR_SLICE_ROWS", 32)
 MAX_INSTANCES_PER_JOB = _int("SIBYL_MAX_INSTANCES_PER_JOB", 10_000)
 # A job whose worker disappears is claimed again once its lease expires; after
 # MAX_ATTEMPTS claims it fails with the last error.

@@ -138,9 +138,10 @@ def test_large_job_reports_progress_in_batches(start_server, db, demo_models):
 
 
 def test_a_large_job_does_not_hold_up_small_ones(start_server, db, demo_models):
-    """Small jobs that arrive while a 10,000-instance job runs join its next batch: they
-    finish long before it does (they waited for all of its 40 batches before)."""
-    api = start_server({"MAX_BATCH_SIZE": 100}).api()
+    """Small jobs that arrive while a 10,000-instance job runs make its next batch on
+    their own, and the large job goes on in slices: they finish long before it does
+    (they waited for all of its 100 batches before, then shared full batches with it)."""
+    api = start_server({"MAX_BATCH_SIZE": 100, "FAIR_SLICE_ROWS": 10}).api()
     features, _ = load_iris()
     inputs = np.tile(features, (67, 1))[:10_000].tolist()
     big = api.post("/jobs", json={"model": "iris", "inputs": inputs}).json()
@@ -156,15 +157,48 @@ def test_a_large_job_does_not_hold_up_small_ones(start_server, db, demo_models):
     assert {job["status"] for job in small} == {"succeeded"}
     big = api.get(f"/jobs/{big['_id']}?wait=60").json()
     assert big["status"] == "succeeded" and big["progress"]["done"] == 10_000
-    # Each small job shared a batch with a slice of the large one, which went on after.
+    # The small jobs' batches held none of the large job's rows; while they came, the
+    # large job ran in slices of 10 rows, full batches of 100 before and after.
     batches = {
         p["batch"]["id"]
         for p in db.predictions.find({"job": {"$in": [ObjectId(j["_id"]) for j in small]}})
     }
     big_batches = set(db.predictions.distinct("batch.id", {"job": ObjectId(big["_id"])}))
-    assert batches <= big_batches
+    assert not batches & big_batches
+    big_sizes = [
+        len(db.predictions.distinct("index", {"batch.id": batch})) for batch in big_batches
+    ]
+    assert 10 in big_sizes and 100 in big_sizes
+    assert len([size for size in big_sizes if size not in (10, 100)]) <= 1  # its last batch
     finished = {job["_id"]: job["finished_at"] for job in db.jobs.find({}, {"finished_at": 1})}
     assert all(finished[ObjectId(job["_id"])] < finished[ObjectId(big["_id"])] for job in small)
+
+
+def test_a_stopping_process_releases_the_jobs_it_had_not_started(start_server, db, demo_models):
+    """Graceful shutdown: the run under way finishes; jobs still waiting in a lane are
+    handed back at once (queued, no lease, no attempt counted), not after their lease."""
+    server = start_server({"MAX_BATCH_SIZE": 100, "LEASE_SECONDS": 600})
+    api = server.api()
+    features, _ = load_iris()
+    inputs = np.tile(features, (20, 1))[:3_000].tolist()  # 30 batches: seconds
+    big = api.post("/jobs", json={"model": "iris", "inputs": inputs}).json()
+    wait_for(
+        lambda: db.jobs.find_one({"_id": ObjectId(big["_id"])})["progress"]["done"] > 0,
+        60,
+        "the large job to start",
+    )
+    closing = threading.Thread(target=server.app.extensions["sibyl"].close)
+    closing.start()
+    small = [
+        api.post("/jobs", json={"model": "iris", "inputs": [features[i].tolist()]}).json()
+        for i in range(3)
+    ]
+    closing.join(60)
+    assert not closing.is_alive()
+    assert db.jobs.find_one({"_id": ObjectId(big["_id"])})["status"] == "succeeded"
+    for job in small:
+        stored = db.jobs.find_one({"_id": ObjectId(job["_id"])})
+        assert (stored["status"], stored["lease"], stored.get("attempts", 0)) == ("queued", None, 0)
 
 
 def test_get_wait_holds_until_finished_and_wait_zero_does_not(api, demo_models):

@@ -197,6 +197,22 @@ class JobQueue:
             {"$set": {"lease.until": utcnow() + self.lease}},
         )
 
+    def release(self, jobs: list) -> int:
+        """Give back claimed jobs that have not started (a runner stopping): free at
+        once for any runner, no attempt counted, rather than after their lease."""
+        released = 0
+        for token, held in self._by_token(jobs).items():
+            for counted in (True, False):
+                ids = [job.id for job in held if job.counted == counted]
+                if not ids:
+                    continue
+                query = {"_id": {"$in": ids}, "lease.token": token, "status": "queued"}
+                update = changed({"lease": None}, utcnow())
+                if counted:  # inserted leased, counted at insert: that attempt never ran
+                    update["$inc"] = {"attempts": -1}
+                released += self.store.jobs.update_many(query, update).modified_count
+        return released
+
     @staticmethod
     def _by_token(jobs: list) -> dict[str, list]:
         grouped: dict[str, list] = {}

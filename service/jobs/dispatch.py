@@ -96,35 +96,38 @@ class Lane:
         self.max_batch_size = config["MAX_BATCH_SIZE"]
         self.max_wait_s = config["MAX_WAIT_MS"] / 1000
         self.poll_seconds = config["POLL_SECONDS"]
-        self._stop = stopping
+        self.stopping = stopping
         self.inbox: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self.last_arrival = float("-inf")  # when jobs last joined a run (or came together)
         self.thread = threading.Thread(target=self._loop, name=f"sibyl-lane-{name}", daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             try:
                 jobs = self._collect()
                 if not jobs:
                     continue
-
-                def arrivals(taken: list[Job] = jobs) -> list[Job]:
-                    # Run again after an outage, a run includes those that joined it.
-                    newcomers = self._arrivals()
-                    taken.extend(newcomers)
-                    return newcomers
-
-                run = functools.partial(self.engine.run, arrivals=arrivals)
-                run_through_outages(run, jobs, self._stop, self.poll_seconds)
+                run = functools.partial(self.engine.run, arrivals=LaneArrivals(self, jobs))
+                run_through_outages(run, jobs, self.stopping, self.poll_seconds)
             except PyMongoError as error:
                 # Jobs stay queued or leased in MongoDB; a later sweep runs them.
                 log.warning("dispatcher: database error (%s); retrying shortly", error)
-                self._stop.wait(self.poll_seconds)
+                self.stopping.wait(self.poll_seconds)
             except Exception:
                 log.exception("dispatcher: unexpected error; continuing")
-                self._stop.wait(self.poll_seconds)
+                self.stopping.wait(self.poll_seconds)
 
-    def _arrivals(self) -> list[Job]:
+    def drain(self) -> list[Job]:
+        """Every job left in the inbox."""
+        jobs = []
+        while True:
+            try:
+                jobs.append(self.inbox.get_nowait())
+            except queue.Empty:
+                return jobs
+
+    def arrivals(self) -> list[Job]:
         """Jobs waiting now (up to a batch of rows), without waiting for more."""
         jobs, rows = [], 0
         while rows < self.max_batch_size:
@@ -134,6 +137,8 @@ class Lane:
                 break
             jobs.append(job)
             rows += job.count
+        if jobs:
+            self.last_arrival = time.monotonic()
         return jobs
 
     def _collect(self) -> list[Job]:
@@ -154,7 +159,31 @@ class Lane:
                 break
             jobs.append(job)
             rows += job.count
+        if len(jobs) > 1:
+            self.last_arrival = time.monotonic()
         return jobs
+
+
+class LaneArrivals:
+    """What joins a lane's run while it goes. Run again after an outage, the run
+    includes those that joined it (they are added to its jobs)."""
+
+    # Jobs within this long of each other share the lane: large ones run in slices.
+    RECENT_S = 1.0
+
+    def __init__(self, lane: Lane, jobs: list[Job]):
+        self.lane = lane
+        self.jobs = jobs
+
+    def take(self) -> list[Job]:
+        if self.lane.stopping.is_set():
+            return []  # left in the inbox: released when the dispatcher stops
+        newcomers = self.lane.arrivals()
+        self.jobs.extend(newcomers)
+        return newcomers
+
+    def recent(self) -> bool:
+        return time.monotonic() - self.lane.last_arrival < self.RECENT_S
 
 
 class Dispatcher(Runner):
@@ -185,9 +214,17 @@ class Dispatcher(Runner):
             return lane
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Finish the runs under way (up to timeout), give back the jobs still waiting
+        in the lanes, then stop the runners."""
         super().stop()
         for thread in [self._thread, *(lane.thread for lane in self._lanes.values())]:
             thread.join(timeout)
+        waiting = [job for lane in self._lanes.values() for job in lane.drain()]
+        try:
+            released = self.queue.release(waiting)
+            log.info("stopping: %d waiting jobs released to other runners", released)
+        except PyMongoError as error:
+            log.warning("stopping: jobs wait for their leases (%s)", error)
         self.engine.stop()
 
     def _loop(self) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from bson import ObjectId
@@ -87,6 +88,16 @@ class Job:
         )
 
 
+class Arrivals(Protocol):
+    """Jobs that come in while a run goes on (a lane's inbox)."""
+
+    def take(self) -> list[Job]:
+        """The jobs waiting now, without waiting for more."""
+
+    def recent(self) -> bool:
+        """Whether jobs came in lately: then large jobs run in slices."""
+
+
 class Engine:
     """Runs claimed jobs: batches per model, stores predictions, completes jobs."""
 
@@ -95,6 +106,7 @@ class Engine:
         self.queue = queue
         self.completions = completions
         self.max_batch_size = config["MAX_BATCH_SIZE"]
+        self.fair_slice_rows = config["FAIR_SLICE_ROWS"]
         self.max_instances = config["MAX_INSTANCES_PER_JOB"]
         cache_dir = Path(config["MODEL_CACHE_DIR"])
         self.runners = RunnerPool(
@@ -136,13 +148,14 @@ class Engine:
                 self._fail(document["_id"], token, attempts, str(error), model["name"], True)
         return jobs
 
-    def run(self, jobs: list[Job], arrivals: Callable[[], list[Job]] | None = None) -> None:
+    def run(self, jobs: list[Job], arrivals: Arrivals | None = None) -> None:
         """Run claimed jobs, grouped by model version. A held job left unwritten (the
         engine stopped before its write) is stored by its request when its wait ends.
 
-        arrivals (a lane's, all of one model version): jobs that came in meanwhile;
-        they join the next batch ahead of what remains of larger jobs, so that a
-        10,000-instance job holds a small one up for one batch, not forty."""
+        arrivals (a lane's, all of one model version): jobs that came in meanwhile.
+        They make the next batch on their own, ahead of what remains of larger jobs,
+        and while jobs keep coming a large job runs in slices of FAIR_SLICE_ROWS: a
+        10,000-instance job holds a small one up for one short batch, not forty."""
         jobs = self._admitted(jobs)
         # Run again after the database dropped (dispatch.run_through_outages): a job
         # whose predictions are all stored only needs its success written.
@@ -201,18 +214,21 @@ class Engine:
     def _run_group(
         self,
         jobs: list[Job],
-        arrivals: Callable[[], list[Job]] | None = None,
+        arrivals: Arrivals | None = None,
         hold: Callable[[list[Job]], None] | None = None,
     ) -> None:
         """Pack the jobs' instances into batches; a failing batch is retried job by job."""
         model = jobs[0].model
         pending = list(jobs)
         while pending:
-            newcomers = self._admitted(arrivals()) if arrivals is not None else []
+            newcomers = self._admitted(arrivals.take()) if arrivals is not None else []
             if newcomers:
                 hold(newcomers)
                 pending[0:0] = newcomers
-            batch = self._next_batch(pending)
+                batch = self._next_batch(newcomers)
+            else:
+                sliced = arrivals is not None and arrivals.recent()
+                batch = self._next_batch(pending, self.fair_slice_rows if sliced else None)
             # A held job that will not finish in this batch is written as an ordinary one.
             partial = [job for job, _, stop in batch if job.held is not None and stop < job.count]
             if partial:
@@ -261,11 +277,14 @@ class Engine:
             BATCH_ROWS.labels(version).observe(rows)
             self._store(batch, outputs, pending)
 
-    def _next_batch(self, pending: list[Job]) -> list[tuple[Job, int, int]]:
-        """Up to max_batch_size rows from the head of the queue, as (job, start, stop)."""
+    def _next_batch(
+        self, pending: list[Job], slice_rows: int | None = None
+    ) -> list[tuple[Job, int, int]]:
+        """Up to max_batch_size rows from the head of the queue, as (job, start, stop);
+        at most slice_rows of each job when given."""
         batch, room = [], self.max_batch_size
         for job in pending:
-            take = min(room, job.count - job.done)
+            take = min(room, job.count - job.done, slice_rows or room)
             batch.append((job, job.done, job.done + take))
             room -= take
             if room == 0:
