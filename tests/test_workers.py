@@ -113,3 +113,38 @@ def test_jobs_waiting_in_a_live_worker_keep_their_lease_and_attempts(
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
         assert "lost the lease" not in worker.log_path.read_text()
+
+
+def test_a_worker_serves_small_jobs_between_the_batches_of_a_large_one(
+    queue_api, queue_db, queue_demo_models, start_worker
+):
+    """A lone worker running a 6,000-instance job claims the small jobs queued meanwhile
+    between two of its batches: they finish long before it does."""
+    big = queue_api.post("/jobs", json={"model": "iris", "inputs": [SETOSA] * 6000}).json()
+    worker = start_worker(max_batch_size=20, fair_slice_rows=5)
+    wait_for(
+        lambda: queue_db.jobs.find_one({"_id": ObjectId(big["_id"])})["progress"]["done"] > 0,
+        120,
+        "the large job to start",
+    )
+    small = [
+        queue_api.post("/jobs?wait=60", json={"model": "iris", "inputs": [SETOSA]}).json()
+        for _ in range(3)
+    ]
+    assert [job["status"] for job in small] == ["succeeded"] * 3
+    stored_big = queue_db.jobs.find_one({"_id": ObjectId(big["_id"])})
+    assert stored_big["status"] == "running" and stored_big["progress"]["done"] < 6000
+    big_batches = set(queue_db.predictions.distinct("batch.id", {"job": ObjectId(big["_id"])}))
+    small_batches = set(
+        queue_db.predictions.distinct(
+            "batch.id", {"job": {"$in": [ObjectId(job["_id"]) for job in small]}}
+        )
+    )
+    assert not small_batches & big_batches  # batches of their own
+    wait_for(
+        lambda: queue_api.get(f"/jobs/{big['_id']}").json()["status"] == "succeeded",
+        300,
+        "the large job to finish",
+    )
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0

@@ -147,14 +147,15 @@ class JobQueue:
         """The full documents of jobs this token holds."""
         return list(self.store.jobs.find({"_id": {"$in": ids}, "lease.token": token}))
 
-    def queued(self, max_rows: int) -> list[ObjectId]:
-        """Ids of the oldest free jobs, as many as start in one batch of max_rows
-        instances (or the oldest alone, if it is larger): a runner claims only what it
-        can start within its lease (index: status, _created)."""
+    def queued(self, max_rows: int, model_id: ObjectId | None = None) -> list[ObjectId]:
+        """Ids of the oldest free jobs (of one model version, if given), as many as
+        start in one batch of max_rows instances (or the oldest alone, if it is larger):
+        a runner claims only what it can start within its lease (index: status, _created)."""
+        query = {"status": "queued", "lease": None}
+        if model_id is not None:
+            query["model_ref._id"] = model_id
         cursor = (
-            self.store.jobs.find({"status": "queued", "lease": None}, {"progress.total": 1})
-            .sort("_created", 1)
-            .limit(max_rows)
+            self.store.jobs.find(query, {"progress.total": 1}).sort("_created", 1).limit(max_rows)
         )
         ids, rows = [], 0
         for doc in cursor:

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from bson import ObjectId
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from service.jobs.claims import JobQueue
@@ -28,6 +29,9 @@ from service.metrics import DATABASE_ERRORS
 from service.store.access import Store
 
 log = logging.getLogger(__name__)
+
+# Jobs within this long of each other share a runner: large ones run in slices.
+RECENT_ARRIVALS_S = 1.0
 
 
 def worker_id(kind: str) -> str:
@@ -69,22 +73,29 @@ class Runner:
         self.engine = Engine(self.queue, config, completions)
         self.max_batch_size = config["MAX_BATCH_SIZE"]
         self.poll_seconds = config["POLL_SECONDS"]
-        self._stop = threading.Event()
+        self.stopping = threading.Event()
 
     def sweep(self, run: Callable[[list[Job]], None]) -> int:
         """Claim queued jobs nobody holds, after freeing those whose lease expired, and
         run(jobs) them."""
         self.queue.requeue_expired()
-        ids = self.queue.queued(self.max_batch_size)
+        claimed, jobs = self.claim()
+        if claimed:
+            run(jobs)
+        return claimed
+
+    def claim(self, model_id: ObjectId | None = None) -> tuple[int, list[Job]]:
+        """Claim the oldest free jobs (of one model version, if given) that start in one
+        batch: how many were claimed, and those of them that can run."""
+        ids = self.queue.queued(self.max_batch_size, model_id)
         if not ids:
-            return 0
+            return 0, []
         token, claimed = self.queue.claim(ids)
         documents = self.queue.claimed_documents(token, claimed)
-        run(self.engine.jobs_from_documents(documents))
-        return len(claimed)
+        return len(claimed), self.engine.jobs_from_documents(documents)
 
     def stop(self) -> None:
-        self._stop.set()
+        self.stopping.set()
 
 
 class Lane:
@@ -168,14 +179,11 @@ class LaneArrivals:
     """What joins a lane's run while it goes. Run again after an outage, the run
     includes those that joined it (they are added to its jobs)."""
 
-    # Jobs within this long of each other share the lane: large ones run in slices.
-    RECENT_S = 1.0
-
     def __init__(self, lane: Lane, jobs: list[Job]):
         self.lane = lane
         self.jobs = jobs
 
-    def take(self) -> list[Job]:
+    def take(self, model: dict) -> list[Job]:
         if self.lane.stopping.is_set():
             return []  # left in the inbox: released when the dispatcher stops
         newcomers = self.lane.arrivals()
@@ -183,7 +191,29 @@ class LaneArrivals:
         return newcomers
 
     def recent(self) -> bool:
-        return time.monotonic() - self.lane.last_arrival < self.RECENT_S
+        return time.monotonic() - self.lane.last_arrival < RECENT_ARRIVALS_S
+
+
+class ClaimedArrivals:
+    """What a worker claims between two batches of a run: queued jobs of the model
+    version it is running (one query per batch, only in runs of several batches)."""
+
+    def __init__(self, runner: Runner, jobs: list[Job]):
+        self.runner = runner
+        self.jobs = jobs
+        self.last_arrival = float("-inf")
+
+    def take(self, model: dict) -> list[Job]:
+        if self.runner.stopping.is_set():
+            return []
+        _, newcomers = self.runner.claim(model["_id"])
+        if newcomers:
+            self.last_arrival = time.monotonic()
+            self.jobs.extend(newcomers)
+        return newcomers
+
+    def recent(self) -> bool:
+        return time.monotonic() - self.last_arrival < RECENT_ARRIVALS_S
 
 
 class Dispatcher(Runner):
@@ -210,7 +240,8 @@ class Dispatcher(Runner):
             lane = self._lanes.get(model["_id"])
             if lane is None:
                 name = f"{model['name']}@{model['version']}"
-                lane = self._lanes[model["_id"]] = Lane(self.engine, self.config, self._stop, name)
+                lane = Lane(self.engine, self.config, self.stopping, name)
+                self._lanes[model["_id"]] = lane
             return lane
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -228,14 +259,14 @@ class Dispatcher(Runner):
         self.engine.stop()
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             try:
                 self.sweep(self.submit)
             except PyMongoError as error:
                 log.warning("dispatcher: database error (%s); retrying shortly", error)
             except Exception:
                 log.exception("dispatcher: unexpected error; continuing")
-            self._stop.wait(self.poll_seconds)
+            self.stopping.wait(self.poll_seconds)
 
 
 class JobSignal:
@@ -293,24 +324,25 @@ class Worker(Runner):
         self.signal = JobSignal(store, self.poll_seconds)
 
     def _run(self, jobs: list[Job]) -> None:
-        run_through_outages(self.engine.run, jobs, self._stop, self.poll_seconds)
+        run = functools.partial(self.engine.run, arrivals=ClaimedArrivals(self, jobs))
+        run_through_outages(run, jobs, self.stopping, self.poll_seconds)
 
     def run_forever(self) -> None:
         log.info("worker %s waiting for jobs", self.queue.worker_id)
         try:
-            while not self._stop.is_set():
+            while not self.stopping.is_set():
                 try:
                     if self.sweep(self._run):
                         self.signal.reset_backoff()
                         continue
                 except PyMongoError as error:
                     log.warning("worker: database error (%s); retrying shortly", error)
-                    self._stop.wait(self.poll_seconds)
+                    self.stopping.wait(self.poll_seconds)
                     continue
                 except Exception:
                     # Its jobs are freed when their leases expire; the worker goes on.
                     log.exception("worker: unexpected error; continuing")
-                    self._stop.wait(self.poll_seconds)
+                    self.stopping.wait(self.poll_seconds)
                     continue
                 self.signal.wait()
         finally:

@@ -89,10 +89,10 @@ class Job:
 
 
 class Arrivals(Protocol):
-    """Jobs that come in while a run goes on (a lane's inbox)."""
+    """Jobs that come in while a run goes on: a lane's inbox, a worker's claims."""
 
-    def take(self) -> list[Job]:
-        """The jobs waiting now, without waiting for more."""
+    def take(self, model: dict) -> list[Job]:
+        """The jobs of this model version waiting now, without waiting for more."""
 
     def recent(self) -> bool:
         """Whether jobs came in lately: then large jobs run in slices."""
@@ -152,7 +152,7 @@ class Engine:
         """Run claimed jobs, grouped by model version. A held job left unwritten (the
         engine stopped before its write) is stored by its request when its wait ends.
 
-        arrivals (a lane's, all of one model version): jobs that came in meanwhile.
+        arrivals: jobs of the run's model versions that came in meanwhile.
         They make the next batch on their own, ahead of what remains of larger jobs,
         and while jobs keep coming a large job runs in slices of FAIR_SLICE_ROWS: a
         10,000-instance job holds a small one up for one short batch, not forty."""
@@ -220,8 +220,12 @@ class Engine:
         """Pack the jobs' instances into batches; a failing batch is retried job by job."""
         model = jobs[0].model
         pending = list(jobs)
+        first = True
         while pending:
-            newcomers = self._admitted(arrivals.take()) if arrivals is not None else []
+            # Arrivals are looked for between batches: a run's first is what it came with.
+            looking = arrivals is not None and not first
+            newcomers = self._admitted(arrivals.take(model)) if looking else []
+            first = False
             if newcomers:
                 hold(newcomers)
                 pending[0:0] = newcomers
