@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import child_processes, start_serve
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.slow_clients import slow_clients
 
@@ -130,9 +131,23 @@ def test_heads_and_bodies_out_of_bounds_get_json_refusals(patient):
     status, _, message = refusal(exchange(url, b"NOT HTTP AT ALL\r\n\r\n"))
     assert (status, message) == (400, "the request is not valid HTTP/1.1")
     # A declared body past the route's limit is refused before a byte of it is read.
-    declared = b"POST /v1/jobs HTTP/1.1\r\nHost: sibyl\r\nContent-Length: 900000000\r\n\r\n"
-    status, _, message = refusal(exchange(url, declared))
+    declared = b"POST /v1/jobs HTTP/1.1\r\nHost: sibyl\r\nContent-Length: 900000000\r\n"
+    status, headers, message = refusal(exchange(url, declared + b"X-Request-ID: big-1\r\n\r\n"))
     assert (status, message) == (413, "the body is larger than 8388608 bytes")
+    # Refusals have request ids like every answer (the client's, or a new one), and
+    # /metrics counts them.
+    assert headers["x-request-id"] == "big-1"
+    status, headers, _ = refusal(exchange(url, b"NOT HTTP AT ALL\r\n\r\n"))
+    assert status == 400 and len(headers["x-request-id"]) == 32
+    scraped = requests.get(url + "/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    refused = {
+        (sample.labels["method"], sample.labels["status"]): sample.value
+        for family in text_string_to_metric_families(scraped.text)
+        for sample in family.samples
+        if sample.name == "sibyl_http_requests_total" and sample.labels["route"] == "(front)"
+    }
+    assert refused[("POST", "413")] >= 1 and refused[("-", "400")] >= 2
+    assert refused[("GET", "431")] >= 2
 
     def post_spaces(path: str, megabytes: int) -> int:
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}

@@ -20,10 +20,17 @@ connection is closed:
 import asyncio
 import contextlib
 import json
+import uuid
 
 from a2wsgi import WSGIMiddleware
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
+
+from service.api import request_ids
+from service.metrics import REQUESTS
+
+# The route label of requests the front refuses before the app sees them.
+FRONT_ROUTE = "(front)"
 
 # After a refusal, what the client is still sending is read and dropped for up to this
 # long before the connection closes: closing with unread bytes would reset it, and the
@@ -39,21 +46,29 @@ class Refusal(Exception):
         self.status = status
         self.message = message
 
-    def body(self) -> bytes:
-        """Eve's error shape, as the app's own errors have it."""
+    def answer(self, method: str, headers: dict) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """Its answer's headers and body (Eve's error shape, as the app's own errors
+        have it), with a request id like every answer, counted in /metrics like them."""
+        REQUESTS.labels(FRONT_ROUTE, method or "-", str(self.status)).inc()
+        sent = headers.get(b"x-request-id", b"").decode("latin-1")
         error = {"_status": "ERR", "_error": {"code": self.status, "message": self.message}}
-        return json.dumps(error).encode()
+        body = json.dumps(error).encode()
+        head = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            (b"x-request-id", (request_ids.accepted(sent) or uuid.uuid4().hex).encode()),
+        ]
+        if self.status == 503:
+            head.append((b"retry-after", b"1"))
+        return head, body
 
 
-def refusal_response(refusal: Refusal) -> bytes:
+def refusal_response(refusal: Refusal, method: str, headers: dict) -> bytes:
     """A whole HTTP/1.1 response that closes the connection."""
-    body = refusal.body()
-    head = (
-        b"content-type: application/json\r\n"
-        b"content-length: %d\r\n"
-        b"connection: close\r\n\r\n" % len(body)
-    )
-    return STATUS_LINE[refusal.status] + head + body
+    head, body = refusal.answer(method, headers)
+    lines = b"".join(b"%s: %s\r\n" % pair for pair in head)
+    return STATUS_LINE[refusal.status] + lines + b"\r\n" + body
 
 
 class FrontProtocol(HttpToolsProtocol):
@@ -129,10 +144,20 @@ class FrontProtocol(HttpToolsProtocol):
         seconds = self.limits["header_timeout_s"]
         self.refuse(Refusal(408, f"the request line and headers took longer than {seconds} s"))
 
+    def method_so_far(self) -> str:
+        """The request's method, once its URL began (else "")."""
+        if not getattr(self, "url", b""):
+            return ""
+        try:
+            return self.parser.get_method().decode("latin-1")
+        except Exception:  # httptools: no method parsed
+            return ""
+
     def refuse(self, refusal: Refusal) -> None:
         self.head_deadline.cancel()
         if not self.transport.is_closing() and not self.lingering:
-            self.transport.write(refusal_response(refusal))
+            headers = dict(getattr(self, "headers", None) or [])
+            self.transport.write(refusal_response(refusal, self.method_so_far(), headers))
             self.lingering = True
             self.loop.call_later(LINGER_S, self.transport.close)
 
@@ -176,7 +201,7 @@ class WholeRequests:
         limit = self.limits.get(scope["path"], self.limits["default"])
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            return await self.refuse(receive, send, Refusal(413, self.too_large(limit)))
+            return await self.refuse(scope, receive, send, Refusal(413, self.too_large(limit)))
         held = [0]
         try:
             body = await asyncio.wait_for(self.read_body(receive, limit, held), self.body_timeout_s)
@@ -190,9 +215,9 @@ class WholeRequests:
             return await self.app(scope, replay, send)
         except TimeoutError:
             message = f"the request body took longer than {self.body_timeout_s} s"
-            return await self.refuse(receive, send, Refusal(408, message))
+            return await self.refuse(scope, receive, send, Refusal(408, message))
         except Refusal as refusal:
-            return await self.refuse(receive, send, refusal)
+            return await self.refuse(scope, receive, send, refusal)
         finally:
             self.buffered_bytes -= held[0]
 
@@ -219,15 +244,8 @@ class WholeRequests:
         return f"the body is larger than {limit} bytes"
 
     @staticmethod
-    async def refuse(receive, send, refusal: Refusal) -> None:
-        body = refusal.body()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        if refusal.status == 503:
-            headers.append((b"retry-after", b"1"))
+    async def refuse(scope, receive, send, refusal: Refusal) -> None:
+        headers, body = refusal.answer(scope["method"], dict(scope["headers"]))
         await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": True})
         # uvicorn closes the connection when the response ends: end it once the rest
