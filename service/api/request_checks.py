@@ -112,7 +112,8 @@ def register(app: Flask) -> None:
 
 
 def check_url_length() -> None:
-    """A JSON 414 past MAX_URL_BYTES (gunicorn's own, HTML, limit is lifted in run.py)."""
+    """A JSON 414 past MAX_URL_BYTES when served without Sibyl's front (Werkzeug in tests,
+    another WSGI server); behind the front such a URL never gets here (service/api/front.py)."""
     limit = current_app.config["MAX_URL_BYTES"]
     size = len(request.path) + len(request.query_string)
     if size > limit:
