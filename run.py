@@ -25,6 +25,7 @@ import pymongo
 from gunicorn.app.base import BaseApplication
 
 import settings
+from service import logs
 from service.store.access import Store
 from service.store.embedded_db import EmbeddedDatabase
 from service.store.keys import ROLES, Keys
@@ -131,6 +132,10 @@ def ensure_admin_key(mongo_uri: str) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(key + "\n")
+    if settings.LOG_FORMAT == "json":
+        # Lines that go to a log shipper: where the key is, never the key.
+        log.info("first start: admin API key %s created in %s (mode 0600)", document["_id"], path)
+        return
     # Printed once, to the terminal that started Sibyl; never logged again.
     print(
         f"\nFirst start: admin API key {document['_id']} created (shown once, also in "
@@ -265,6 +270,7 @@ def serve(args: argparse.Namespace) -> None:
         "keepalive": 5,
         "errorlog": "-",
         "loglevel": "info",
+        "logconfig_dict": logs.gunicorn_logging(settings.LOG_FORMAT) or {},
         "when_ready": announce,
         "post_worker_init": warm_up,
         "worker_exit": close,
@@ -307,7 +313,6 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from service import logs
 
     logs.configure(settings.LOG_FORMAT)
     parser = argparse.ArgumentParser(

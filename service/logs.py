@@ -74,7 +74,7 @@ def configure(log_format: str = "text", stream: TextIO | None = None) -> logging
     """Log INFO and above to stderr (or stream) in the format, each record with its
     request's id: one handler on the root logger, which Sibyl's loggers (`sibyl`,
     `service.*`, `hooks.*`) and the libraries' reach. Gunicorn's and uvicorn's
-    (`gunicorn.error`, `uvicorn.error`) keep their own handlers and format."""
+    (`gunicorn.error`, `uvicorn.error`) have their own handlers: `gunicorn_logging`."""
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
     handler = logging.StreamHandler(stream)
@@ -86,3 +86,29 @@ def configure(log_format: str = "text", stream: TextIO | None = None) -> logging
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     return handler
+
+
+def gunicorn_logging(log_format: str) -> dict | None:
+    """Gunicorn's `logconfig_dict` for the format: as JSON, its lines (and uvicorn's,
+    which share its handlers) are JSON lines too, so a log shipper reads every line the
+    server writes; as text, None keeps gunicorn's own format."""
+    if log_format != "json":
+        return None
+    handler = {
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+        "formatter": "json",
+        "filters": ["request_id"],
+    }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "filters": {"request_id": {"()": RequestIdFilter}},
+        "handlers": {"json": handler},
+        "root": {"level": "INFO", "handlers": ["json"]},
+        "loggers": {
+            name: {"level": "INFO", "handlers": ["json"], "propagate": False}
+            for name in ("gunicorn.error", "gunicorn.access")
+        },
+    }

@@ -5,9 +5,11 @@ import io
 import json
 import logging
 import re
+import signal
 
 import pytest
 import requests
+from conftest import start_serve
 from flask import g
 
 from service import logs
@@ -210,3 +212,20 @@ def test_the_openapi_document_shows_request_id_read_only(live_server):
     schemas = schemas["components"]["schemas"]
     assert schemas["Jobs"]["properties"]["request_id"]["readOnly"] is True
     assert "request_id" not in schemas["JobsWrite"]["properties"]
+
+
+def test_run_py_serve_writes_only_json_lines_as_json(tmp_path):
+    """SIBYL_LOG_FORMAT=json: gunicorn's and uvicorn's lines too, not only Sibyl's."""
+    process, url, _ = start_serve(tmp_path, LOG_FORMAT="json")
+    try:
+        assert requests.get(url + "/v1/healthz", timeout=30).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    lines = [json.loads(line) for line in output.splitlines() if line.strip()]
+    loggers = {line["logger"] for line in lines}
+    assert {"gunicorn.error", "sibyl"} <= loggers, loggers
+    assert all(line["request_id"] for line in lines)
+    # The first start's admin key is in its file, not in lines meant for a log shipper.
+    key = (tmp_path / "admin.key").read_text().strip()
+    assert key not in output and "admin.key" in output
