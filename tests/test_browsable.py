@@ -238,3 +238,24 @@ def test_swagger_ui_tries_an_endpoint_with_a_key(browser, live_server, demo_mode
     expect(operation.locator(".live-responses-table")).to_contain_text('"iris"')
     page.screenshot(path=screenshots / "docs.png")
     page.close()
+
+
+def test_a_resource_added_in_schemas_has_its_pages(visit, experiments_server, experiments_db):
+    """The guide's experiments (docs/EXTENDING.md): a link in the navigation bar, and the
+    forms built from the schema create and change one."""
+    page, log_in, shoot = visit
+    log_in("/v1/jobs", experiments_server.key("client", "alice"), server=experiments_server)
+    page.click("nav.links >> text=experiments")
+    page.fill("#create-form input[name=name]", "lr-sweep")
+    page.fill("#create-form input[name=goal]", "pick a rate")
+    page.uncheck("#create-form input[name=active]")
+    page.click("#create-form button")
+    expect(page.locator("#result .code")).to_have_text("201")
+    page.click("#result a")
+    expect(page.locator("#answer")).to_contain_text('"lr-sweep"')
+    expect(page.locator("#answer")).to_contain_text('"active": false')
+    page.fill("#change-form input[name=goal]", "a better rate")
+    page.click("#change-form button")
+    expect(page.locator("#answer")).to_contain_text('"a better rate"')
+    shoot("experiment")
+    assert experiments_db.experiments.find_one({})["goal"] == "a better rate"
