@@ -409,6 +409,12 @@ def test_key_names_are_printable_text(api, body):
     assert api.post("/keys", json=body).status_code == 422
 
 
+def test_rights_only_admins_hold_are_checked_afresh(live_server):
+    """Derived from the roles: what a revoked admin key must stop doing at once."""
+    fresh = live_server.app.extensions["rights"].fresh
+    assert fresh == {"keys:manage", "metrics:read", "models:write"}
+
+
 def test_keys_are_made_from_json_only(api):
     body = '{"role": "client", "name": "text-plain"}'
     response = api.post("/keys", data=body, headers={"Content-Type": "text/plain"})
