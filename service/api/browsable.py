@@ -70,9 +70,8 @@ def render_html(response: Response) -> Response:
 def page_context(data, status: int) -> dict:
     identity = request_identity()
     resource, _, kind = (request.endpoint or "").partition("|")
-    domain = current_app.config["DOMAIN"]
     allowed = allowed_methods(identity)
-    entry = domain.get(resource)
+    entry = current_app.config["DOMAIN"].get(resource)
     context = {
         "data": data,
         "status": status,
@@ -81,7 +80,7 @@ def page_context(data, status: int) -> dict:
         "authenticated": may(identity, "browse"),
         "role": identity.role or "anyone (authentication off)",
         "allowed": allowed,
-        "resource": resource if resource in domain else None,
+        "resource": resource if entry is not None else None,
         "kind": kind,
         "url": request.path,
         "args": request.args,
@@ -98,7 +97,7 @@ def page_context(data, status: int) -> dict:
         "ready_models": lambda: ready_models(identity),
     }
     if entry is not None and kind == "resource" and "POST" in allowed:
-        context["create_form"] = SchemaForm.to_create(resource, entry)
+        context["create_form"] = SchemaForm.to_create(entry)
     if entry is not None and kind == "item_lookup" and "PATCH" in allowed and status == 200:
         context["change_form"] = SchemaForm.to_change(entry, data)
     if resource == "jobs" and kind == "item_lookup" and isinstance(data, dict):
@@ -159,9 +158,9 @@ class FormField:
         elif kind in ("integer", "float", "number"):
             made.kind = "number"
             made.attributes["step"] = "1" if kind == "integer" else "any"
-            for cerberus, html in (("min", "min"), ("max", "max")):
-                if cerberus in rule:
-                    made.attributes[html] = str(rule[cerberus])
+            for bound in ("min", "max"):  # the same names in Cerberus and HTML
+                if bound in rule:
+                    made.attributes[bound] = str(rule[bound])
         elif kind == "boolean":
             made.kind = "checkbox"
             made.value = "true" if (default if value is None else value) else ""
@@ -198,7 +197,7 @@ class SchemaForm:
         return any(f.kind == "file" for f in self.fields)
 
     @classmethod
-    def to_create(cls, name: str, entry: dict) -> "SchemaForm":
+    def to_create(cls, entry: dict) -> "SchemaForm":
         """Every field a client may set (not read-only)."""
         schema = entry["schema"]
         fields = [FormField.of(f, rule) for f, rule in schema.items() if not rule.get("readonly")]
