@@ -8,6 +8,7 @@ python run.py worker    a worker process running queued jobs (any number; with
 python run.py keys create --role client --name alice   make an API key (shown once)
 python run.py keys list | keys revoke <id>              list or revoke keys
 python run.py status [--json]   queue depth, oldest queued job, runners, models
+python run.py fill-defaults     give stored documents the default of a field added since
 """
 
 import argparse
@@ -180,6 +181,35 @@ def show_status(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=2) if args.json else status_text(report))
 
 
+def fill_defaults(db: pymongo.database.Database, domain: dict) -> dict[str, int]:
+    """Set each top-level field that has a `default` in its schema on the documents stored
+    before it existed; {resource.field: documents changed}.
+
+    New documents get the default when they are validated; older ones lack the field
+    until this runs, and `where` and sorts do not see them. Each field costs one scan
+    of its collection (run it once, after adding the field)."""
+    filled = {}
+    for name, resource in domain.items():
+        collection = db[resource.get("datasource", {}).get("source") or name]
+        for field, rule in resource["schema"].items():
+            if "default" not in rule:
+                continue
+            # The stored ETag no longer describes the document: Eve computes one on read.
+            update = {"$set": {field: rule["default"]}, "$unset": {"_etag": ""}}
+            changed = collection.update_many({field: {"$exists": False}}, update).modified_count
+            if changed:
+                filled[f"{name}.{field}"] = changed
+    return filled
+
+
+def fill_defaults_command(args: argparse.Namespace) -> None:
+    filled = fill_defaults(database_of(database_uri()), settings.DOMAIN)
+    for field, count in filled.items():
+        print(f"{field}: {count} documents given the default")
+    if not filled:
+        print("every stored document has every field that has a default")
+
+
 def status_text(report: dict) -> str:
     """`run.py status` for a person: a count per line, details indented below it."""
     queued = f"{report['queued']:,}{'+' if report['queued_capped'] else ''} jobs"
@@ -334,6 +364,9 @@ def main(argv: list[str] | None = None) -> None:
     status = commands.add_parser("status", help="the queue, the runners and the models")
     status.add_argument("--json", action="store_true", help="as one JSON document")
     status.set_defaults(func=show_status)
+    commands.add_parser(
+        "fill-defaults", help="give stored documents the default of a field added since"
+    ).set_defaults(func=fill_defaults_command)
     args = parser.parse_args(argv)
     getattr(args, "func", serve)(args)
 

@@ -188,6 +188,10 @@ OPTIMIZE_PAGINATION_FOR_SPEED = True
 STANDARD_ERRORS = [
     *(400, 401, 403, 404, 405, 406, 409, 410, 412, 413, 414, 415, 422, 428, 429, 500, 503)
 ]
+# A resource is filtered (`where`) on the fields its schemas/ entry lists in
+# `allowed_filters`, and sorted on those of them an index serves; one that lists
+# none is neither filtered nor sorted (Eve's default would allow any field).
+ALLOWED_FILTERS = []
 # Operators refused anywhere in `where`: server-side JavaScript, regexes (which can
 # be made to run for minutes), $expr (aggregation expressions: arbitrary work per
 # document, and a way to compare fields that may not be filtered on), $jsonSchema

@@ -9,6 +9,20 @@ MODEL_STATUSES = ["ready", "rejected"]
 PRODUCTION = "production"
 MODEL_STAGES = [PRODUCTION]
 
+# Who may see a resource's documents (its `access`, service/store/access.py):
+# owned: each belongs to the identity that stored it (its `owner`); a client reads,
+#        changes and deletes only its own, admins and analysts all of them;
+# shared: every role that may read the resource reads every document (`owner`, if
+#        the schema has it, records who stored it).
+# A resource that does not say is refused at start-up.
+OWNED = "owned"
+SHARED = "shared"
+# The roles an API key can have (service/store/keys.py). A resource's `roles` says which
+# of them may read it (GET) and write it (POST, PATCH, DELETE); without `roles`, every
+# role reads, and an owned resource is written by admins and clients, a shared one by
+# admins (service/api/roles.py).
+ROLES = ["admin", "client", "analyst"]
+
 # Set by the service, never by a client: Cerberus refuses them in a payload.
 # (Eve would otherwise store a client's own `_id`.)
 ID = {"type": "objectid", "readonly": True}

@@ -1,13 +1,31 @@
 """The jobs resource: a client's request to run a model on a list of inputs."""
 
-from schemas.common import ID, JOB_STATUSES, OWNER, READONLY_DATETIME, READONLY_INT, TAGS
+from schemas.common import (
+    ID,
+    JOB_STATUSES,
+    OWNED,
+    OWNER,
+    READONLY_DATETIME,
+    READONLY_INT,
+    ROLES,
+    TAGS,
+)
 
 JOBS = {
     "item_title": "job",
+    "description": "A request to run a model on a list of inputs: its status, progress and "
+    "timings. Its predictions are in /v1/predictions.",
+    # Each job is its owner's: a client sees only its own (admins and analysts all).
+    "access": OWNED,
+    "roles": {"read": ROLES, "write": ["admin", "client"]},
     "resource_methods": ["GET", "POST"],
     # POST goes to the job service (service/api/jobs.py). PATCH changes tags only;
     # DELETE is refused while the job is queued or running (POST <id>/cancel stops it).
     "item_methods": ["GET", "PATCH", "DELETE"],
+    # What a PATCH may change (service/jobs/service.py); the page's form offers these.
+    "changeable_fields": ["tags"],
+    # Shown to admins only: the lease's token fences the runner's writes.
+    "internal_fields": ["lease"],
     # A PATCH of tags replaces them (and they are carried onto the job's predictions).
     "merge_nested_documents": False,
     # The answer to a POST shows where the job stands and what it runs on.

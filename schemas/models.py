@@ -9,14 +9,22 @@ from schemas.common import (
     PRODUCTION,
     READONLY_DATETIME,
     READONLY_INT,
+    ROLES,
+    SHARED,
     TENSOR_SPEC,
 )
 
 MODELS = {
     "item_title": "model",
+    "description": "Uploaded model files, versioned per name, with their signatures; jobs "
+    "name a model as `name`, `name@version` or its id.",
+    # Every role may use any ready model; `owner` records the admin who uploaded it.
+    "access": SHARED,
+    "roles": {"read": ROLES, "write": ["admin"]},
     "resource_methods": ["GET", "POST"],
     # PATCH promotes a version: {"stage": "production"} and nothing else (hooks/models.py).
     "item_methods": ["GET", "PATCH", "DELETE"],
+    "changeable_fields": ["stage"],
     "schema": {
         "_id": ID,
         "name": MODEL_NAME,

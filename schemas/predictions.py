@@ -1,12 +1,20 @@
 """The predictions resource: one document per input instance, written by the service."""
 
-from schemas.common import ID, OWNER, TAGS
+from schemas.common import ID, OWNED, OWNER, ROLES, TAGS
 
 PREDICTIONS = {
     "item_title": "prediction",
+    "description": "One document per input instance of a job: the model's output, and the "
+    "label and score for classifiers.",
+    # Each carries the owner of its job (the engine writes it for them).
+    "access": OWNED,
     # Read-only over HTTP: only the inference engine writes predictions.
+    "roles": {"read": ROLES, "write": []},
     "resource_methods": ["GET"],
     "item_methods": ["GET"],
+    # Shown to admins only: the model call that wrote it (its id and size tell of other
+    # owners' jobs in the same call) and the attempt.
+    "internal_fields": ["batch", "attempt"],
     "schema": {
         "_id": ID,
         "job": {"type": "objectid", "data_relation": {"resource": "jobs"}},

@@ -18,10 +18,12 @@ from service.api import (
 )
 from service.api.health import health
 from service.api.keys import keys
+from service.api.roles import Rights
 from service.api.validation import SibylValidator
 from service.config import load_settings
 from service.context import Sibyl
 from service.store import media
+from service.store.access import declared_access
 from service.store.data import SibylMongo
 from service.store.media import RequestScopedGridFS
 
@@ -34,15 +36,20 @@ def create_app(overrides: dict | None = None) -> Eve:
             "MONGO_URI is not set: start Sibyl with `python run.py` (which starts the "
             "embedded database) or set MONGO_URI to a MongoDB"
         )
+    # Each resource's declarations (schemas/), checked before anything starts: a
+    # resource that does not say who owns it, or who may use it, stops the start.
+    declared_access(config["DOMAIN"])
+    rights = Rights(config["DOMAIN"])
     app = Eve(
         settings=config,
         data=SibylMongo,
         validator=SibylValidator,
         media=RequestScopedGridFS,
     )
+    app.extensions["rights"] = rights
     app.extensions["sibyl"] = Sibyl(app)
-    errors.register(app)
     browsable.register(app)
+    errors.register(app)  # after the pages: its answers are rendered as pages too
     versioning.register(app)
     negotiation.register(app)
     auth.register_authentication(app)

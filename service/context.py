@@ -25,7 +25,7 @@ class Sibyl:
         self.config = app.config
         # Eve's own client, reused outside requests (the dispatcher thread).
         with app.app_context():
-            self.store = Store(app.data.driver.db, SYSTEM)
+            self.store = Store(app.data.driver.db, SYSTEM, app.data.access)
         self.keys = Keys(self.store.db.keys, app.config["KEY_CACHE_SECONDS"])
         self.events = JobEvents()
         self.completions = Completions(self.events)

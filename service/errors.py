@@ -4,12 +4,31 @@ Raised anywhere below the HTTP layer; each family of routes renders them once in
 its own shape (service/api/errors.py renders Eve's).
 """
 
+import re
+
 
 def echoed(value: str, limit: int = 60) -> str:
     """A client's value quoted in an error message, cut short: enough to recognise it,
     not a way to make the service repeat kilobytes of whatever a caller sends."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def naming(field: str, message: str) -> str:
+    """A message about a field that names it: `priority: max value is 9` (as it is when
+    it starts with the field already, as `inputs[3]: ...` or `tags may ...` do)."""
+    if not field or re.match(rf"{re.escape(field)}(?!\w)", message):
+        return message
+    return f"{field}: {message}"
+
+
+def issue_text(issue) -> str:
+    """Cerberus' errors of one field (strings, lists, dicts of sub-fields) as one line."""
+    if isinstance(issue, list):
+        return "; ".join(issue_text(item) for item in issue)
+    if isinstance(issue, dict):
+        return "; ".join(f"{key}: {issue_text(value)}" for key, value in issue.items())
+    return str(issue)
 
 
 class SibylError(Exception):
@@ -57,7 +76,8 @@ class Rejected(SibylError):
     status = 422
 
     def __init__(self, issues: list[tuple[int, str, str]]):
-        super().__init__(issues[0][2])
+        _, field, message = issues[0]
+        super().__init__(naming(field, message))
         self.issues = issues
 
 

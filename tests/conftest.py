@@ -4,13 +4,16 @@ Each test starts from empty collections (indexes kept): the server grows slower
 as state accumulates, and restarting it per test would cost seconds.
 """
 
+import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import gridfs
@@ -20,6 +23,8 @@ import requests
 from werkzeug import serving
 
 import settings
+from schemas import DOMAIN
+from service.api.roles import identity_of
 from service.app import create_app
 from service.demo.models import ensure_demo_models, model_limits
 from service.store.embedded_db import EmbeddedDatabase, free_port
@@ -29,6 +34,9 @@ TEST_DB_NAME = "sibyl_test"
 # The queueing app has a database of its own, so that the in-process app's
 # sweeps never run the jobs its tests expect to stay queued.
 QUEUE_DB_NAME = "sibyl_queue_test"
+# The app with the guide's new resource (docs/EXTENDING.md) has its own.
+EXPERIMENTS_DB_NAME = "sibyl_experiments_test"
+GUIDE = ROOT / "docs" / "EXTENDING.md"
 
 
 class Api:
@@ -196,6 +204,94 @@ def job_queue(
     from service.store.access import Store
 
     return JobQueue(Store(db), worker_id, lease_seconds, max_attempts)
+
+
+def guide_block(first_line: str) -> str:
+    """The code block of docs/EXTENDING.md whose first line is first_line (a comment saying
+    where it goes), without that line: the tests build what the guide shows."""
+    for block in re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.DOTALL):
+        head, _, code = block.partition("\n")
+        if head.strip() == first_line:
+            return code
+    raise AssertionError(f"docs/EXTENDING.md has no code block starting {first_line!r}")
+
+
+def guide_experiments() -> dict:
+    """The guide's new resource, its module run as the guide writes it."""
+    module: dict = {}
+    exec(guide_block("# schemas/experiments.py"), module)
+    return module["EXPERIMENTS"]
+
+
+def domain_with(**resources: dict) -> dict:
+    """A copy of schemas/' DOMAIN with more resources, for a test app's settings."""
+    return {**copy.deepcopy(DOMAIN), **resources}
+
+
+@pytest.fixture(scope="session")
+def experiments_server(start_server) -> LiveServer:
+    """An app whose DOMAIN has the guide's experiments, added as the guide says."""
+    domain = domain_with(experiments=guide_experiments())
+    return start_server({"DOMAIN": domain, "MONGO_DBNAME": EXPERIMENTS_DB_NAME})
+
+
+@pytest.fixture
+def experiments_db(database) -> Iterator[pymongo.database.Database]:
+    """The experiments app's database, emptied before each test."""
+    yield from emptied(database, EXPERIMENTS_DB_NAME)
+
+
+def check_isolation(server: LiveServer, db: pymongo.database.Database, resource: str) -> None:
+    """What a client may do to another client's document of the resource through Eve's
+    routes: for an owned resource nothing (its item, lists, filters, changes and deletes
+    all miss it); for a shared one read it, and change it only if clients write it."""
+    entry = server.app.config["DOMAIN"][resource]
+    rights = server.app.extensions["rights"]
+    client = identity_of("client", "bob", "bobs-key")
+    reads, writes = (rights.may(client, f"{resource}:{action}") for action in ("read", "write"))
+    shared = entry["access"] == "shared"
+    now = datetime.now(UTC).replace(microsecond=0)
+    collection = db[entry["datasource"]["source"]]
+    document_id = collection.insert_one({"owner": "alice", "_created": now, "_updated": now})
+    document_id = document_id.inserted_id
+    stored = collection.find_one({"_id": document_id})
+    alice, bob = server.api("client", "alice"), server.api("client", "bob")
+    url = "/" + entry["url"]
+    item = f"{url}/{document_id}"
+    etag = "none"
+    if reads:  # its owner reads it: a miss for bob is about bob
+        mine = alice.get(item)
+        assert mine.status_code == 200, (resource, mine.text)
+        etag = mine.json()["_etag"]
+    # Reads: the item, the list, and filters naming it or its owner.
+    read = bob.get(item)
+    assert read.status_code == (200 if shared and reads else 404 if reads else 403), resource
+    queries = [{}] + [
+        {"where": json.dumps({field: value})}
+        for field, value in (("_id", str(document_id)), ("owner", "alice"))
+        if field in entry["allowed_filters"]
+    ]
+    for params in queries:
+        listed = bob.get(url, params=params)
+        if not reads:
+            assert listed.status_code == 403, (resource, params)
+            continue
+        assert listed.status_code == 200, (resource, params, listed.text)
+        found = str(document_id) in {item["_id"] for item in listed.json()["_items"]}
+        assert found is shared, (resource, params)
+    # Changes and deletes: refused, and nothing changed.
+    for method, body in (("PATCH", {}), ("DELETE", None)):
+        answer = bob.request(method, item, json=body, headers={"If-Match": etag})
+        if method not in entry["item_methods"]:
+            expected = 405
+        elif not writes:
+            expected = 403
+        elif shared:
+            continue  # every client may change a shared document its role writes
+        else:
+            expected = 404
+        assert answer.status_code == expected, (resource, method, answer.text)
+    assert collection.find_one({"_id": document_id}) == stored, resource
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, TEST_DB_NAME, Api, wait_for
+from conftest import ROOT, TEST_DB_NAME, Api, check_isolation, wait_for
 
-from service.api.roles import ROUTE_RIGHTS
+from schemas import DOMAIN
 from service.store.keys import Keys
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
@@ -156,23 +156,36 @@ def test_authorization_matrix(live_server, api, demo_models):
 
 def test_every_route_is_in_the_rights_table(live_server):
     """A route added later without a rule would be refused to everyone; this names it."""
+    rights = live_server.app.extensions["rights"]
     missing = []
     for rule in live_server.app.url_map.iter_rules():
         for method in rule.methods - {"HEAD", "OPTIONS"}:
-            if (rule.endpoint, method) not in ROUTE_RIGHTS:
+            if rights.needed(rule.endpoint, method) is None:
                 missing.append(f"{method} {rule.rule} ({rule.endpoint})")
     assert missing == []
 
 
-def test_a_route_missing_from_the_table_is_refused(start_server):
+def test_a_route_missing_from_the_table_is_refused_naming_the_table(start_server):
     server = start_server()
 
     @server.app.route("/v1/forgotten")
     def forgotten():
         return "secret"
 
-    assert server.api("admin").get("/forgotten").status_code == 403
+    refused = server.api("admin").get("/forgotten")
+    assert refused.status_code == 403
+    message = refused.json()["_error"]["message"]
+    assert "GET /v1/forgotten is refused to everyone" in message
+    assert "no entry in the rights table" in message and "SERVICE_ROUTES" in message
     assert server.api(None).get("/forgotten").status_code == 401
+
+
+def test_a_refusal_names_the_right_and_who_holds_it(live_server, api):
+    refused = live_server.api("analyst").post("/jobs", json={"model": "iris", "inputs": [[1]]})
+    assert refused.status_code == 403
+    assert refused.json()["_error"]["message"] == (
+        "the analyst role may not POST /v1/jobs (it needs jobs:write, which admin, client hold)"
+    )
 
 
 # --- keys ----------------------------------------------------------------------------
@@ -297,6 +310,12 @@ def test_a_client_never_sees_another_clients_jobs_or_predictions(live_server, al
     assert {job["owner"] for job in db.jobs.find()} == {"alice", "bob"}
 
 
+@pytest.mark.parametrize("resource", list(DOMAIN))
+def test_a_client_cannot_reach_another_clients_documents(live_server, api, db, resource):
+    """Every resource of schemas/, those added later too: this test names none of them."""
+    check_isolation(live_server, db, resource)
+
+
 def test_analysts_read_everything_and_change_nothing(live_server, alice, api):
     job = submit(alice)
     analyst = live_server.api("analyst")
@@ -388,6 +407,12 @@ def test_owners_are_not_shared_by_accident(api):
 )
 def test_key_names_are_printable_text(api, body):
     assert api.post("/keys", json=body).status_code == 422
+
+
+def test_rights_only_admins_hold_are_checked_afresh(live_server):
+    """Derived from the roles: what a revoked admin key must stop doing at once."""
+    fresh = live_server.app.extensions["rights"].fresh
+    assert fresh == {"keys:manage", "metrics:read", "models:write"}
 
 
 def test_keys_are_made_from_json_only(api):

@@ -137,7 +137,7 @@ def test_a_client_sees_no_upload_form_nor_other_owners_jobs(visit, live_server, 
     assert bobs.status_code == 201, bobs.text
     log_in("/v1/models", live_server.key("client", "alice"))
     expect(page.locator("#answer")).to_contain_text('"iris"')
-    expect(page.locator("#upload-form")).to_have_count(0)
+    expect(page.locator("#create-form")).to_have_count(0)
     expect(page.locator(".allow")).to_have_text("Allow: GET")
     page.click("nav.links >> text=jobs")
     expect(page.locator("#job-form")).to_be_visible()
@@ -149,12 +149,13 @@ def test_a_client_sees_no_upload_form_nor_other_owners_jobs(visit, live_server, 
 def test_an_admin_uploads_a_model_and_sees_its_signature(visit, live_server, model_files):
     page, log_in, shoot = visit
     log_in("/v1/models", live_server.key("admin"))
-    expect(page.locator("#upload-form")).to_be_visible()
-    page.fill("#upload-form input[name=name]", "tiny")
-    page.set_input_files("#upload-form input[name=file]", str(model_files["tiny"]))
-    page.fill("#upload-form input[name=labels]", '["a", "b", "c"]')
+    # The form built from the models' schema: a file input, labels as JSON, multipart.
+    expect(page.locator("#create-form")).to_be_visible()
+    page.fill("#create-form input[name=name]", "tiny")
+    page.set_input_files("#create-form input[name=file]", str(model_files["tiny"]))
+    page.fill("#create-form [name=labels]", '["a", "b", "c"]')
     shoot("models")
-    page.click("#upload-form button")
+    page.click("#create-form button")
     expect(page.locator("#result .code")).to_have_text("201")
     page.click("#result a")
     expect(page.locator("#answer")).to_contain_text('"signature"')
@@ -178,10 +179,12 @@ def test_markup_in_data_shows_as_text(visit, live_server):
     assert page.locator("#answer script, #answer img").count() == 0
     expect(page.locator(".allow")).to_have_text("Allow: GET, PATCH, DELETE")
     shoot("escaped")
-    # The tags form holds them as JSON, and saving a change shows the job again.
-    assert json.loads(page.input_value("#patch-form input[name=value]")) == {"x": XSS}
-    page.fill("#patch-form input[name=value]", '{"x": "fixed"}')
-    page.click("#patch-form button")
+    # The change form (the jobs' changeable fields: tags) holds them as JSON, and saving
+    # a change shows the job again.
+    assert json.loads(page.input_value("#change-form [name=tags]")) == {"x": XSS}
+    expect(page.locator("#change-form [name=model]")).to_have_count(0)
+    page.fill("#change-form [name=tags]", '{"x": "fixed"}')
+    page.click("#change-form button")
     expect(page.locator("#answer")).to_contain_text('"fixed"')
 
 
@@ -235,3 +238,24 @@ def test_swagger_ui_tries_an_endpoint_with_a_key(browser, live_server, demo_mode
     expect(operation.locator(".live-responses-table")).to_contain_text('"iris"')
     page.screenshot(path=screenshots / "docs.png")
     page.close()
+
+
+def test_a_resource_added_in_schemas_has_its_pages(visit, experiments_server, experiments_db):
+    """The guide's experiments (docs/EXTENDING.md): a link in the navigation bar, and the
+    forms built from the schema create and change one."""
+    page, log_in, shoot = visit
+    log_in("/v1/jobs", experiments_server.key("client", "alice"), server=experiments_server)
+    page.click("nav.links >> text=experiments")
+    page.fill("#create-form input[name=name]", "lr-sweep")
+    page.fill("#create-form input[name=goal]", "pick a rate")
+    page.uncheck("#create-form input[name=active]")
+    page.click("#create-form button")
+    expect(page.locator("#result .code")).to_have_text("201")
+    page.click("#result a")
+    expect(page.locator("#answer")).to_contain_text('"lr-sweep"')
+    expect(page.locator("#answer")).to_contain_text('"active": false')
+    page.fill("#change-form input[name=goal]", "a better rate")
+    page.click("#change-form button")
+    expect(page.locator("#answer")).to_contain_text('"a better rate"')
+    shoot("experiment")
+    assert experiments_db.experiments.find_one({})["goal"] == "a better rate"

@@ -174,4 +174,4 @@ def test_the_route_is_in_the_openapi_document(queueing_server):
     document = queueing_server.api(None).get("/openapi.json").json()
     operation = document["paths"]["/v1/jobs/{_id}/cancel"]["post"]
     assert {"200", "403", "404", "409"} <= set(operation["responses"])
-    assert "jobs:change" in operation["description"]
+    assert "jobs:write" in operation["description"]

@@ -72,7 +72,7 @@ def test_sibyls_own_routes_are_described_where_they_are_defined(document):
     item = paths["/v1/jobs/{_id}"]["delete"]
     assert {"$ref": "#/components/parameters/If-Match"} in item["parameters"]
     assert {"404", "409", "412", "428"} <= set(item["responses"])
-    assert "Needs `jobs:change` (roles: admin, client)" in item["description"]
+    assert "Needs `jobs:write` (roles: admin, client)" in item["description"]
     assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     listing = paths["/v1/predictions"]["get"]["parameters"]
     assert {"$ref": "#/components/parameters/where"} in listing

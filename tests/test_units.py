@@ -17,7 +17,7 @@ from schemas import DOMAIN
 from schemas.common import MODEL_NAME
 from service.api.request_checks import nesting_exceeds, unstorable_value
 from service.api.validation import CHECKED_SCHEMAS, CheckedSchema, SibylValidator
-from service.store.access import Identity
+from service.store.access import Access, Identity
 from service.store.packed import is_packed, pack, unpacked, unpacked_array
 
 
@@ -194,9 +194,10 @@ def test_a_clients_scope_is_a_top_level_owner_unless_the_query_names_one():
     for a client's GET of one): the owner joins the query's own fields, and only a
     query naming an owner itself is wrapped, so it cannot replace the scope's."""
     alice = Identity(owner="alice", sees_all=False, role="client")
+    owned, shared = Access(owned=True, has_owner=True), Access(owned=False, has_owner=True)
     job_id = ObjectId()
-    assert alice.scope("jobs", {}) == {"owner": "alice"}
-    assert alice.scope("jobs", {"_id": job_id}) == {"_id": job_id, "owner": "alice"}
+    assert alice.scope(owned, {}) == {"owner": "alice"}
+    assert alice.scope(owned, {"_id": job_id}) == {"_id": job_id, "owner": "alice"}
     named = {"owner": "bob", "status": "queued"}
-    assert alice.scope("predictions", named) == {"$and": [named, {"owner": "alice"}]}
-    assert alice.scope("models", {"name": "iris"}) == {"name": "iris"}  # not owned
+    assert alice.scope(owned, named) == {"$and": [named, {"owner": "alice"}]}
+    assert alice.scope(shared, {"name": "iris"}) == {"name": "iris"}

@@ -1,9 +1,13 @@
 """The browsable API, as Django REST Framework's BrowsableAPIRenderer: the same views,
 their JSON answer rendered as an HTML page when content negotiation chose HTML.
 
-A page shows the answer (links clickable), breadcrumbs, the methods the visitor's role
-may use here, filter and pagination controls, and forms built from the resource's
-schema for what the role may do, beside a raw-JSON form. The visitor's key stays in the
+A page shows the answer (links clickable), breadcrumbs, a navigation bar of the
+resources the visitor may read, the methods the visitor's role may use here, filter and
+pagination controls, and forms built from the resource's schema (schemas/) for what the
+role may do, beside a raw-JSON form. Navigation and forms are derived from DOMAIN, so a
+resource added there has its pages without a change here; a resource may replace a
+generic form with its own template (templates/browsable/forms/<resource>_create.html,
+as the jobs' form with its model picker does). The visitor's key stays in the
 browser (sessionStorage) and goes out as a bearer header: browsable.js fetches each
 page with it and swaps it in, so a navigation without the key is answered as any
 request without a key (401, with the key form). No cookies, so no CSRF surface; every
@@ -12,6 +16,7 @@ from Sibyl only.
 """
 
 import json
+from dataclasses import dataclass, field
 
 from flask import Blueprint, Flask, Response, current_app, render_template, request
 from markupsafe import Markup, escape
@@ -65,8 +70,8 @@ def render_html(response: Response) -> Response:
 def page_context(data, status: int) -> dict:
     identity = request_identity()
     resource, _, kind = (request.endpoint or "").partition("|")
-    domain = current_app.config["DOMAIN"]
     allowed = allowed_methods(identity)
+    entry = current_app.config["DOMAIN"].get(resource)
     context = {
         "data": data,
         "status": status,
@@ -75,7 +80,7 @@ def page_context(data, status: int) -> dict:
         "authenticated": may(identity, "browse"),
         "role": identity.role or "anyone (authentication off)",
         "allowed": allowed,
-        "resource": resource if resource in domain else None,
+        "resource": resource if entry is not None else None,
         "kind": kind,
         "url": request.path,
         "args": request.args,
@@ -84,10 +89,17 @@ def page_context(data, status: int) -> dict:
         and isinstance(data, dict)
         and data.get("status") not in (None, *FINISHED_STATUSES),
         "etag": data.get("_etag") if isinstance(data, dict) else None,
-        "models": [],
+        "navigation": navigation(identity),
+        "manages_keys": may(identity, "keys:manage"),
+        "create_form": None,
+        "change_form": None,
+        # For the jobs' own form (forms/jobs_create.html), asked only when it is shown.
+        "ready_models": lambda: ready_models(identity),
     }
-    if resource == "jobs" and kind == "resource" and "POST" in allowed:
-        context["models"] = ready_models(identity)
+    if entry is not None and kind == "resource" and "POST" in allowed:
+        context["create_form"] = SchemaForm.to_create(entry)
+    if entry is not None and kind == "item_lookup" and "PATCH" in allowed and status == 200:
+        context["change_form"] = SchemaForm.to_change(entry, data)
     if resource == "jobs" and kind == "item_lookup" and isinstance(data, dict):
         context["predictions_url"] = f"{current_app.api_prefix}/predictions?where=" + escape(
             json.dumps({"job": data.get("_id")})
@@ -108,6 +120,99 @@ def allowed_methods(identity) -> list[str]:
                 if right is not None and (right == "public" or may(identity, right)):
                     methods.add(method)
     return [method for method in METHOD_ORDER if method in methods]
+
+
+def navigation(identity) -> list[tuple[str, str, str]]:
+    """(name, URL, description) of each resource of DOMAIN the visitor may list."""
+    prefix = current_app.api_prefix
+    return [
+        (name, f"{prefix}/{resource['url']}", resource.get("description", ""))
+        for name, resource in current_app.config["DOMAIN"].items()
+        if (right := right_needed(f"{name}|resource", "GET")) and may(identity, right)
+    ]
+
+
+@dataclass
+class FormField:
+    """One field of a form built from a Cerberus rule: the input that edits it."""
+
+    name: str
+    # text, number, checkbox, select, json (a textarea of JSON), file, datetime
+    kind: str
+    required: bool = False
+    nullable: bool = False
+    value: str = ""
+    placeholder: str = ""
+    options: list[tuple[str, str]] = field(default_factory=list)  # (value, label)
+    attributes: dict[str, str] = field(default_factory=dict)  # min, max, step, maxlength
+
+    @classmethod
+    def of(cls, name: str, rule: dict, value=None) -> "FormField":
+        """The input of a field (value: the document's, for a change)."""
+        kind, default = rule.get("type"), rule.get("default")
+        made = cls(name, "text", bool(rule.get("required")), bool(rule.get("nullable")))
+        if "allowed" in rule:
+            made.kind = "select"
+            empty = [("", "—")] if made.nullable or not made.required else []
+            made.options = empty + [(str(option), str(option)) for option in rule["allowed"]]
+        elif kind in ("integer", "float", "number"):
+            made.kind = "number"
+            made.attributes["step"] = "1" if kind == "integer" else "any"
+            for bound in ("min", "max"):  # the same names in Cerberus and HTML
+                if bound in rule:
+                    made.attributes[bound] = str(rule[bound])
+        elif kind == "boolean":
+            made.kind = "checkbox"
+            made.value = "true" if (default if value is None else value) else ""
+            return made
+        elif kind == "media":
+            made.kind = "file"
+            return made
+        elif kind == "datetime":
+            made.kind = "datetime"
+            made.placeholder = "2026-01-31T12:00:00Z"
+        elif kind in ("list", "dict") or isinstance(kind, list):
+            made.kind = "json"
+            made.value = json.dumps(value) if value is not None else ""
+            made.placeholder = json.dumps(default) if default is not None else ""
+            return made
+        if "maxlength" in rule and made.kind == "text":
+            made.attributes["maxlength"] = str(rule["maxlength"])
+        made.value = "" if value is None else str(value)
+        if default is not None and not made.placeholder:
+            made.placeholder = str(default)
+        return made
+
+
+@dataclass
+class SchemaForm:
+    """A form built from a resource's schema: create (POST) or change (PATCH) it."""
+
+    action: str  # "create" or "change"
+    title: str
+    fields: list[FormField]
+
+    @property
+    def multipart(self) -> bool:
+        return any(f.kind == "file" for f in self.fields)
+
+    @classmethod
+    def to_create(cls, entry: dict) -> "SchemaForm":
+        """Every field a client may set (not read-only)."""
+        schema = entry["schema"]
+        fields = [FormField.of(f, rule) for f, rule in schema.items() if not rule.get("readonly")]
+        return cls("create", f"New {entry['item_title']}", fields)
+
+    @classmethod
+    def to_change(cls, entry: dict, document) -> "SchemaForm":
+        """The fields a PATCH may change (`changeable_fields`, else every writable one),
+        filled with the document's values."""
+        schema, values = entry["schema"], document if isinstance(document, dict) else {}
+        names = entry.get("changeable_fields") or [
+            f for f, rule in schema.items() if not rule.get("readonly")
+        ]
+        fields = [FormField.of(f, schema[f], values.get(f)) for f in names if f in schema]
+        return cls("change", f"Change this {entry['item_title']}", fields)
 
 
 def ready_models(identity) -> list[dict]:

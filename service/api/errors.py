@@ -9,10 +9,12 @@ from flask import Flask, Response, abort, current_app, json, request
 from pymongo.errors import ConnectionFailure, OperationFailure
 from werkzeug.exceptions import BadRequest, NotFound, RequestEntityTooLarge, ServiceUnavailable
 
-from service.errors import InvalidField, MaybeStored, Rejected, SibylError
+from service.errors import InvalidField, MaybeStored, Rejected, SibylError, issue_text, naming
 from service.metrics import DATABASE_ERRORS
 
 RETRY_AFTER_SECONDS = 5
+# How Eve's POST starts the message of a 422 (eve/methods/post.py), which names no field.
+EVE_INSERTION_FAILURE = "Insertion failure"
 
 
 def register(app: Flask) -> None:
@@ -22,6 +24,8 @@ def register(app: Flask) -> None:
     app.register_error_handler(SibylError, domain_error)
     app.register_error_handler(404, not_found)
     app.register_error_handler(RequestEntityTooLarge, too_large)
+    # Run after versioning's (registered later), so that the field is named as sent.
+    app.after_request(name_the_field)
 
 
 def not_found(error: NotFound):
@@ -101,6 +105,7 @@ def domain_error(error: SibylError) -> Response:
     """A domain error in Eve's error shape, with its status."""
     body: dict = {"_status": "ERR", "_error": {"code": error.status, "message": error.message}}
     if isinstance(error, InvalidField) and error.field:
+        body["_error"]["message"] = naming(error.field, error.message)
         body["_issues"] = {error.field: error.message}
     if isinstance(error, Rejected):
         body.update(rejected_body(error.issues, request.get_json(silent=True)))
@@ -124,7 +129,7 @@ def rejected_body(issues: list[tuple[int, str, str]], request_body) -> dict:
     if not isinstance(request_body, list):
         body: dict = {"_issues": {field: message for _, field, message in listed}}
         if note:
-            body["_error"] = {"code": 422, "message": listed[0][2] + note}
+            body["_error"] = {"code": 422, "message": naming(*listed[0][1:]) + note}
         return body
     # As before Eve's own shape was taken over: items up to the last one at fault.
     items: list[dict] = [{"_status": "OK"} for _ in range(max(at for at, _, _ in listed) + 1)]
@@ -133,6 +138,36 @@ def rejected_body(issues: list[tuple[int, str, str]], request_body) -> dict:
         items[at]["_status"] = "ERR"
     resource = (request.endpoint or "").partition("|")[0]
     title = current_app.config["DOMAIN"].get(resource, {}).get("item_title", "document")
-    position, _, first_message = listed[0]
-    message = f"{title} {position}: {first_message}{note}"
+    position, field, first_message = listed[0]
+    message = f"{title} {position}: {naming(field, first_message)}{note}"
     return {"_items": items, "_error": {"code": 422, "message": message}}
+
+
+def name_the_field(response: Response) -> Response:
+    """Eve's own 422s (a POST or PATCH its validator refused) with a message that names
+    the first field at fault, as Sibyl's own do: Eve says "Insertion failure: 1
+    document(s) contain(s) error(s)" on POST, and nothing on PATCH."""
+    if response.status_code != 422 or not response.is_json or response.direct_passthrough:
+        return response
+    body = response.get_json(silent=True)
+    if not isinstance(body, dict):
+        return response
+    message = body.get("_error", {}).get("message")
+    if message is not None and not message.startswith(EVE_INSERTION_FAILURE):
+        return response  # Sibyl's own, which names it
+    items = body.get("_items") or [body]
+    position, issues = next(
+        ((at, item["_issues"]) for at, item in enumerate(items) if item.get("_issues")),
+        (0, None),
+    )
+    if not isinstance(issues, dict) or not issues:
+        return response
+    field, issue = next(iter(issues.items()))
+    message = naming(field, issue_text(issue))
+    if "_items" in body:
+        resource = (request.endpoint or "").partition("|")[0]
+        title = current_app.config["DOMAIN"].get(resource, {}).get("item_title", "document")
+        message = f"{title} {position}: {message}"
+    body["_error"] = {"code": 422, "message": message}
+    response.set_data(json.dumps(body))
+    return response

@@ -21,7 +21,7 @@ from flask import Blueprint, Flask, abort, current_app, request
 
 from service.api.described import described, json_body
 from service.context import sibyl
-from service.errors import Rejected, Unprocessable, echoed
+from service.errors import Rejected, Unprocessable, echoed, issue_text
 from service.store.data import request_identity
 
 RESOURCE = "jobs"
@@ -139,7 +139,7 @@ def post_jobs():
         else:
             documents, finished = services.jobs.submit(submitted, identity), {}
     by_id = {document["_id"]: document for document in documents}
-    hidden = identity.hidden(RESOURCE)
+    hidden = identity.hidden(services.store.access[RESOURCE])
     items = [answer(finished.get(job_id), document, hidden) for job_id, document in by_id.items()]
     response = {"_status": "OK", "_items": items} if isinstance(body, list) else items[0]
     location = [("Location", f"{resource_link()}/{documents[0]['_id']}")]
@@ -159,7 +159,7 @@ def validated(bodies: list[dict]) -> list[dict]:
             documents.append(validator.document)
             continue
         for field, errors in validator.errors.items():
-            issues.append((position, field, _message(errors)))
+            issues.append((position, field, issue_text(errors)))
     if issues:
         raise Rejected(issues)
     return documents
@@ -173,15 +173,6 @@ def parsed(body: dict) -> dict:
         return parse(body, RESOURCE)
     inputs = body.pop("inputs")
     return {**parse(body, RESOURCE), "inputs": inputs}
-
-
-def _message(errors) -> str:
-    """Cerberus' errors of one field as one line."""
-    if isinstance(errors, list):
-        return "; ".join(_message(error) for error in errors)
-    if isinstance(errors, dict):
-        return "; ".join(f"{key}: {_message(value)}" for key, value in errors.items())
-    return str(errors)
 
 
 def answer(finished: dict | None, stored: dict, hidden: tuple[str, ...] = ()) -> dict:

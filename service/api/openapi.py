@@ -1,6 +1,7 @@
 """The OpenAPI 3.1 document, built at start-up from what serves the requests: the Eve
-DOMAIN (its Cerberus schemas translated to JSON Schema), the app's URL map, the rights
-table, and the descriptions Sibyl's own views carry (`described`, next to each view).
+DOMAIN (its Cerberus schemas translated to JSON Schema, its resources' descriptions),
+the app's URL map, the rights table, and the descriptions Sibyl's own views carry
+(`described`, next to each view).
 It cannot go stale as a hand-written file would: tests/test_openapi.py fails on any
 route or method missing from it, and validates it against the OpenAPI 3.1 schema.
 
@@ -26,7 +27,7 @@ from flask import (
 
 from service.api.described import OPERATION, described
 from service.api.negotiation import NOT_NEGOTIATED
-from service.api.roles import PUBLIC, RIGHTS, ROUTE_RIGHTS
+from service.api.roles import PUBLIC
 from service.errors import echoed
 
 openapi = Blueprint("openapi", __name__)
@@ -90,6 +91,7 @@ def docs_asset(filename: str):
 
 def build(app: Flask) -> dict:
     config = app.config
+    rights = app.extensions["rights"]
     document = {
         "openapi": "3.1.0",
         "info": {
@@ -106,6 +108,12 @@ def build(app: Flask) -> dict:
             "parameters": COMMON_PARAMETERS,
         },
         "security": [{"bearer": []}],
+        # Each resource's operations are tagged with its name (tag_of).
+        "tags": [
+            {"name": name, "description": resource["description"]}
+            for name, resource in config["DOMAIN"].items()
+            if resource.get("description")
+        ],
     }
     for name, resource in config["DOMAIN"].items():
         document["components"]["schemas"].update(resource_schemas(name, resource))
@@ -121,11 +129,11 @@ def build(app: Flask) -> dict:
                 f"{method.lower()}_{rule.endpoint}".replace("|", "_").replace(".", "_"),
             )
             operation.setdefault("tags", [tag_of(rule.endpoint)])
-            right = ROUTE_RIGHTS.get((rule.endpoint, method))
+            right = rights.needed(rule.endpoint, method)
             if right == PUBLIC:
                 operation["security"] = []
             elif right:
-                roles = sorted(role for role, rights in RIGHTS.items() if right in rights)
+                roles = rights.holders(right)
                 operation["description"] = (
                     operation.get("description", "")
                     + f"\n\nNeeds `{right}` (roles: {', '.join(roles)})."

@@ -41,7 +41,8 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 from werkzeug.exceptions import TooManyRequests
 
-from service.api.roles import PUBLIC, RIGHTS, right_needed
+from schemas.common import ROLES
+from service.api.roles import PUBLIC, right_needed
 from service.metrics import RATE_LIMITED
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def register(app: Flask) -> None:
 
 def checked_rates(rates: dict[str, str]) -> dict[str, str]:
     """The rates, each parsed once here so that a typo stops the start, naming it."""
-    names = (*RIGHTS, ANONYMOUS, *SCOPES)
+    names = (*ROLES, ANONYMOUS, *SCOPES)
     missing = [name for name in names if name not in rates]
     if missing:
         raise SystemExit(f"SIBYL_RATE_LIMITS: no rate for {', '.join(missing)}")

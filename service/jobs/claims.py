@@ -13,6 +13,7 @@ This module writes every field of a job's state: a new job's document
 raises the job events (service/jobs/events.py) where a job ends.
 """
 
+import copy
 import logging
 import threading
 import uuid
@@ -44,23 +45,40 @@ def changed(fields: dict, now: datetime) -> dict:
     return {"$set": {**fields, "_updated": now}, "$unset": {"_etag": ""}}
 
 
+def client_fields(submitted: dict, schema: dict) -> dict:
+    """What a client may set of a document: the fields of its schema that are not
+    read-only (those are the server's), the schema's defaults for those it left out.
+
+    A field added to a schema is stored without a change to the code that stores it."""
+    fields = {}
+    for name, rule in schema.items():
+        if rule.get("readonly"):
+            continue
+        if name in submitted:
+            fields[name] = submitted[name]
+        elif "default" in rule:
+            fields[name] = copy.deepcopy(rule["default"])
+    return fields
+
+
 def new_job(
     submitted: dict,
+    schema: dict,
     model: dict,
     count: int,
     lease: dict | None,
     now: datetime,
     request_id: str | None = None,
 ) -> dict:
-    """A new job's document: what the client sent, and the state of a queued job.
+    """A new job's document: the fields the client may set (schemas/jobs.py), and the
+    state of a queued job.
 
     With a lease, the job is stored already held by the runner that will run it;
     request_id is the id of the request that submitted it (None without one).
     """
     return {
-        "model": submitted["model"],
+        **client_fields(submitted, schema),
         "inputs": pack(submitted["inputs"]),
-        "tags": submitted.get("tags") or {},
         "request_id": request_id,
         "model_ref": {"_id": model["_id"], "name": model["name"], "version": model["version"]},
         "status": "queued",

@@ -80,6 +80,9 @@ class JobService:
         self.store = store
         self.models = models
         self.completions = completions
+        # The jobs' schema: what a job's document is built from, what a PATCH may change.
+        self.schema = config["DOMAIN"]["jobs"]["schema"]
+        self.changeable = config["DOMAIN"]["jobs"].get("changeable_fields", [])
         self.max_instances = config["MAX_INSTANCES_PER_JOB"]
         self.max_batch_size = config["MAX_BATCH_SIZE"]
         # Anonymous callers (authentication off) are one owner, None; Sibyl's own
@@ -200,7 +203,8 @@ class JobService:
                 issues.append((position, error.field, error.message))
                 continue
             document = identity.stamp(
-                "jobs", new_job(fields, model, count, lease, now, current_request_id())
+                self.store.access["jobs"],
+                new_job(fields, self.schema, model, count, lease, now, current_request_id()),
             )
             document["_id"] = ObjectId()
             documents.append(document)
@@ -331,10 +335,13 @@ class JobService:
         return document
 
     def check_update(self, updates: dict) -> None:
-        """Only a job's tags may change once it is submitted."""
-        frozen = sorted(set(updates) - {"tags", "_updated", "_etag"})
+        """A submitted job changes only its `changeable_fields` (schemas/jobs.py)."""
+        frozen = sorted(set(updates) - {*self.changeable, "_updated", "_etag"})
         if frozen:
-            raise Unprocessable(f"{', '.join(frozen)}: a submitted job can only change its tags")
+            raise Unprocessable(
+                f"{', '.join(frozen)}: a submitted job can only change "
+                f"{', '.join(self.changeable) or 'nothing'}"
+            )
 
     def retagged(self, job_id: ObjectId, tags: dict, identity: Identity) -> None:
         """A job's tags were replaced: its predictions carry the new ones."""

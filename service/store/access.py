@@ -3,8 +3,9 @@
 Its rules, in one place (docs/ARCHITECTURE.md names them):
 - every access is made for an Identity: the caller of a request, or Sibyl's own
   process (SYSTEM) acting for the owner recorded on the job it runs;
-- reads, updates and deletes of owned resources (jobs, predictions) see only
-  what the identity may see (`Identity.scope`);
+- reads, updates and deletes of owned resources see only what the identity may see
+  (`Identity.scope`); which resources are owned is their schemas/ entry's `access`
+  (`declared_access`), so a resource added there is scoped without a change here;
 - whatever a caller stores carries the caller as owner (`Identity.stamp`), set
   here and nowhere else; what SYSTEM stores for a job carries the job's owner.
 Eve's Mongo layer (service/store/data.py) applies the same rules to Eve's
@@ -22,12 +23,55 @@ from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 
-# Resources whose documents belong to the identity that created them.
-OWNED_RESOURCES = frozenset({"jobs", "predictions"})
-# Bookkeeping only admins see: a job's lease holds the claim token its runner's
-# writes are fenced by; a prediction's batch (its id and size) tells of other
-# owners' jobs that shared the model call, its attempt of retries.
-INTERNAL_FIELDS = {"jobs": ("lease",), "predictions": ("batch", "attempt")}
+import schemas
+from schemas.common import OWNED, SHARED
+
+
+@dataclass(frozen=True)
+class Access:
+    """What the data layer knows of one resource, read from its schemas/ entry."""
+
+    # Its documents belong to the identity that stored them (`access: owned`).
+    owned: bool
+    # Its schema has `owner`: stamped with who stored the document (owned or not).
+    has_owner: bool = False
+    # Fields only admins see (`internal_fields`).
+    internal_fields: tuple[str, ...] = ()
+
+
+def declared_access(domain: dict) -> dict[str, Access]:
+    """Each resource's Access from its entry; SystemExit at start-up naming a resource
+    that does not declare `access` (owned or shared) or declares it wrongly: an owner
+    field nobody scopes would let one client read another's documents."""
+    declared = {}
+    for name, resource in domain.items():
+        access = resource.get("access")
+        has_owner = "owner" in resource.get("schema", {})
+        if access not in (OWNED, SHARED):
+            found = f", not {access!r}" if access is not None else ""
+            why = " (its schema has an `owner` field)" if has_owner else ""
+            raise SystemExit(
+                f'resource {name!r} must declare "access": "owned" (each document is '
+                f'its owner\'s) or "shared" (every reader sees all){why}{found}: '
+                "see docs/EXTENDING.md"
+            )
+        if access == OWNED and not has_owner:
+            raise SystemExit(
+                f'resource {name!r} is owned: its schema needs `"owner": OWNER` '
+                "(schemas/common.py), which the data layer stamps"
+            )
+        declared[name] = Access(
+            owned=access == OWNED,
+            has_owner=has_owner,
+            internal_fields=tuple(resource.get("internal_fields", ())),
+        )
+    return declared
+
+
+@functools.cache
+def schema_access() -> dict[str, Access]:
+    """The resources of schemas/ (workers and the command line have no app's DOMAIN)."""
+    return declared_access(schemas.DOMAIN)
 
 
 # Stores seen as other identities, kept for reuse (a request's identity, each time).
@@ -51,9 +95,9 @@ class Identity:
     role: str | None = None
     key_id: str | None = None
 
-    def scope(self, resource: str, query: dict) -> dict:
+    def scope(self, resource: Access, query: dict) -> dict:
         """The query, narrowed to what this identity may see of the resource."""
-        if self.sees_all or resource not in OWNED_RESOURCES:
+        if self.sees_all or not resource.owned:
             return query
         if "owner" not in query:
             # A top-level field, not {"$and": [...]}: the embedded database plans no
@@ -62,23 +106,17 @@ class Identity:
             return {**query, "owner": self.owner}
         return {"$and": [query, {"owner": self.owner}]}
 
-    def sees(self, resource: str, document: dict) -> bool:
-        """Whether the document (read with its owner) is one this identity may see."""
-        return (
-            self.sees_all or resource not in OWNED_RESOURCES or document.get("owner") == self.owner
-        )
-
-    def hidden(self, resource: str) -> tuple[str, ...]:
+    def hidden(self, resource: Access) -> tuple[str, ...]:
         """Fields of the resource this identity is never shown."""
         if self.role in (None, "admin"):  # admins, Sibyl itself, authentication off
             return ()
-        return INTERNAL_FIELDS.get(resource, ())
+        return resource.internal_fields
 
-    def stamp(self, resource: str, document: dict) -> dict:
+    def stamp(self, resource: Access, document: dict) -> dict:
         """The document, owned by this identity (whatever owner it claimed)."""
         if self.system:
             document.setdefault("owner", None)
-        elif resource in OWNED_RESOURCES or resource == "models":
+        elif resource.owned or resource.has_owner:
             document["owner"] = self.owner
         return document
 
@@ -98,7 +136,7 @@ class ScopedCollection:
     Only the operations the service uses; each one says why it is safe.
     """
 
-    def __init__(self, collection: Collection, resource: str, identity: Identity):
+    def __init__(self, collection: Collection, resource: Access, identity: Identity):
         self.collection = collection
         self.resource = resource
         self.identity = identity
@@ -149,14 +187,20 @@ class ScopedCollection:
 
 
 class Store:
-    """The database as one identity sees it."""
+    """The database as one identity sees it.
 
-    def __init__(self, db: Database, identity: Identity = SYSTEM):
+    access: each resource's Access (`declared_access` of the app's DOMAIN); by default
+    that of schemas/."""
+
+    def __init__(
+        self, db: Database, identity: Identity = SYSTEM, access: dict[str, Access] | None = None
+    ):
         self.db = db
         self.identity = identity
-        self.jobs = ScopedCollection(db.jobs, "jobs", identity)
-        self.predictions = ScopedCollection(db.predictions, "predictions", identity)
-        self.models = ScopedCollection(db.models, "models", identity)
+        self.access = access if access is not None else schema_access()
+        self.jobs = ScopedCollection(db.jobs, self.access["jobs"], identity)
+        self.predictions = ScopedCollection(db.predictions, self.access["predictions"], identity)
+        self.models = ScopedCollection(db.models, self.access["models"], identity)
         # Version counters of model names: no owner, no documents to see.
         self.counters = db.counters
         self._seen_as: dict[Identity, Store] = {}
@@ -189,5 +233,5 @@ class Store:
         if seen is None:
             if len(self._seen_as) >= MAX_IDENTITIES_KEPT:
                 self._seen_as.clear()
-            seen = self._seen_as[identity] = Store(self.db, identity)
+            seen = self._seen_as[identity] = Store(self.db, identity, self.access)
         return seen

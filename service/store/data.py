@@ -8,7 +8,7 @@ from eve.io.mongo import Mongo
 from flask import g, has_request_context
 from pymongo.errors import PyMongoError
 
-from service.store.access import ANONYMOUS, NOBODY, Identity
+from service.store.access import ANONYMOUS, NOBODY, Identity, declared_access
 from service.store.write_concern import JournaledWrites
 
 
@@ -36,22 +36,27 @@ class SibylMongo(JournaledWrites, Mongo):
     """Mongo data layer scoped to the request's identity, with durable writes, letting
     PyMongo errors reach the 503 handler."""
 
+    def init_app(self, app):
+        super().init_app(app)
+        # Which resources are owned, from the app's DOMAIN (checked in create_app).
+        self.access = declared_access(app.config["DOMAIN"])
+
     def _datasource_ex(self, resource, query=None, *args, **kwargs):
         """Every find, update and delete Eve makes goes through here: scope its filter and
         leave out the fields the identity may not see."""
         source, query, projection, sort = super()._datasource_ex(resource, query, *args, **kwargs)
-        identity = request_identity()
-        hidden = identity.hidden(resource)
+        identity, access = request_identity(), self.access[resource]
+        hidden = identity.hidden(access)
         if hidden:
             projection = without_fields(projection, hidden)
-        return source, identity.scope(resource, query or {}), projection, sort
+        return source, identity.scope(access, query or {}), projection, sort
 
     def insert(self, resource, doc_or_docs):
         """Whatever a request stores is owned by its identity."""
         documents = [doc_or_docs] if isinstance(doc_or_docs, dict) else doc_or_docs
-        identity = request_identity()
+        identity, access = request_identity(), self.access[resource]
         for document in documents:
-            identity.stamp(resource, document)
+            identity.stamp(access, document)
         return super().insert(resource, doc_or_docs)
 
     def find(self, resource, req, sub_resource_lookup, perform_count=True):

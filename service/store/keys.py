@@ -27,9 +27,11 @@ from datetime import UTC, datetime
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
+import schemas.common
+
 log = logging.getLogger(__name__)
 
-ROLES = ("admin", "client", "analyst")
+ROLES = tuple(schemas.common.ROLES)
 PREFIX = "sibyl_"
 # Lower-case letters and digits a person reads back without confusing (no 0/o, 1/l/i).
 ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"

@@ -95,6 +95,30 @@ function jsonField(form, name, fallback) {
   return JSON.parse(text);
 }
 
+// The body of a form built from the schema (templates/browsable/forms/schema.html): each
+// input read as its field's kind; an empty one is left out (a change sends null for a
+// nullable field); multipart, with JSON values as text, when the form holds a file.
+function schemaFormBody(form) {
+  const body = {};
+  for (const element of form.querySelectorAll("[data-kind]")) {
+    const kind = element.dataset.kind;
+    if (kind === "checkbox") { body[element.name] = element.checked; continue; }
+    if (kind === "file") { if (element.files[0]) body[element.name] = element.files[0]; continue; }
+    const raw = element.value.trim();
+    if (!raw) {
+      if (form.id === "change-form" && element.dataset.nullable === "true") body[element.name] = null;
+      continue;
+    }
+    body[element.name] = kind === "json" ? JSON.parse(raw) : kind === "number" ? Number(raw) : raw;
+  }
+  if (form.dataset.multipart !== "true") return body;
+  const data = new FormData();
+  for (const [name, value] of Object.entries(body)) {
+    data.set(name, value instanceof File || typeof value === "string" ? value : JSON.stringify(value));
+  }
+  return data;
+}
+
 function csvRows(text) {
   return text.trim().split(/\r?\n/).filter((line) => line.trim()).map(
     (line) => line.split(",").map((cell) => Number(cell.trim())));
@@ -127,7 +151,8 @@ const forms = {
   "job-form": async (form) => {
     const text = form.elements.inputs.value;
     const inputs = form.elements.inputs_as.value === "csv" ? csvRows(text) : JSON.parse(text);
-    const body = { model: form.elements.model.value, inputs: inputs, tags: jsonField(form, "tags", {}) };
+    const body = Object.assign(schemaFormBody(form), {
+      model: form.elements.model.value, inputs: inputs, tags: jsonField(form, "tags", {}) });
     const url = "/v1/jobs" + (form.elements.wait.checked ? "?wait=30" : "");
     const { status, answer } = await send("POST", url, body);
     let extra = null;
@@ -138,30 +163,22 @@ const forms = {
     }
     show(status, answer, extra);
   },
-  "upload-form": async (form) => {
-    const data = new FormData();
-    for (const name of ["name", "labels", "description"]) {
-      const value = form.elements[name].value.trim();
-      if (value) data.set(name, value);
-    }
-    data.set("file", form.elements.file.files[0]);
-    const { status, answer } = await send("POST", "/v1/models", data);
-    show(status, answer, status === 201 ? link("/v1/models/" + answer._id, "Open model " + answer._id) : null);
+  "create-form": async (form) => {
+    const { status, answer } = await send("POST", form.dataset.url, schemaFormBody(form));
+    const created = status === 201 && answer && answer._id;
+    show(status, answer, created ? link(form.dataset.url + "/" + answer._id, "Open " + answer._id) : null);
+  },
+  "change-form": async (form) => {
+    const { status, answer } = await send("PATCH", document.body.dataset.url, schemaFormBody(form),
+      { "If-Match": document.body.dataset.etag });
+    if (status < 300) await load(location.href, false);
+    else show(status, answer);
   },
   "key-create-form": async (form) => {
     const body = { role: form.elements.role.value, name: form.elements.name.value.trim() };
     if (form.elements.owner.value.trim()) body.owner = form.elements.owner.value.trim();
     const { status, answer } = await send("POST", "/v1/keys", body);
     show(status, answer);
-  },
-  "patch-form": async (form) => {
-    const field = form.dataset.field;
-    const raw = form.elements.value.value.trim();
-    const value = field === "tags" ? JSON.parse(raw || "{}") : (raw || null);
-    const { status, answer } = await send("PATCH", document.body.dataset.url, { [field]: value },
-      { "If-Match": document.body.dataset.etag });
-    if (status < 300) await load(location.href, false);
-    else show(status, answer);
   },
   "raw-form": async (form) => {
     const method = form.elements.method.value;
