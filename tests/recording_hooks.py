@@ -9,12 +9,14 @@ from service.store.access import Store
 
 
 def count_on_experiment(job: dict, store: Store) -> None:
-    """The guide's example: an experiment (named in the job's tags) lists the jobs of
-    it that succeeded; $addToSet, so that a second delivery changes nothing."""
+    """An experiment, named in the job's tags, lists the jobs of it that succeeded;
+    $addToSet, so that a second delivery of the same end changes nothing."""
     experiment = job["tags"].get("experiment")
     if experiment:
         store.db.experiments.update_one(
-            {"_id": experiment}, {"$addToSet": {"succeeded": job["_id"]}}, upsert=True
+            {"owner": job.get("owner"), "name": experiment},
+            {"$addToSet": {"succeeded": job["_id"]}},
+            upsert=True,
         )
 
 

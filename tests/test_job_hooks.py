@@ -6,7 +6,9 @@ The hooks are tests/recording_hooks.py, registered where hooks/job_events.py's
 `register` is called: by the app factory, and by `run.py worker` (tests/hooked_worker.py).
 """
 
+import re
 import signal
+import textwrap
 from datetime import timedelta
 
 import pytest
@@ -78,7 +80,7 @@ def test_each_succeeded_job_is_heard_once_with_its_stored_document(hooked_server
     assert sorted(call["job"] for call in calls) == sorted(ids)  # once each
     assert {call["status"] for call in calls} == {"succeeded"}
     assert_heard_as_stored(hooks_db, calls)
-    assert sorted(hooks_db.experiments.find_one({"_id": "e1"})["succeeded"]) == sorted(ids)
+    assert sorted(hooks_db.experiments.find_one({"name": "e1"})["succeeded"]) == sorted(ids)
     assert PENDING not in api.get(f"/jobs/{ids[0]}").json()
 
 
@@ -122,7 +124,7 @@ def test_an_end_left_undelivered_is_delivered_again_by_a_sweep(hooked_server, ho
     ).inserted_ids
     (call,) = heard(hooks_db, [stale])
     assert call["document"]["tags"] == {"experiment": "e2"}
-    assert hooks_db.experiments.find_one({"_id": "e2"})["succeeded"] == [stale]
+    assert hooks_db.experiments.find_one({"name": "e2"})["succeeded"] == [stale]
     assert hooks_db.hook_calls.count_documents({"job": recent}) == 0
     assert hooks_db.jobs.find_one({"_id": recent})[PENDING]
 
@@ -146,8 +148,31 @@ def test_a_worker_process_delivers_the_hooks(
     )
     assert {call["pid"] for call in calls} == {worker.pid}  # heard in the worker
     assert_heard_as_stored(queue_db, calls)
-    assert queue_db.experiments.find_one({"_id": "w"})["succeeded"] == [ids[0]]
+    assert queue_db.experiments.find_one({"name": "w"})["succeeded"] == [ids[0]]
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
     log = worker.log_path.read_text()
     assert f"job hook recording_hooks.explode raised on job {ids[0]}" in log
+
+
+def test_without_hooks_a_job_ends_unmarked(api, db, demo_models):
+    """Off the hot path: no hook listens in the default app, so no end is marked (nor
+    read back, nor swept for)."""
+    answer = api.post("/jobs?wait=30", json={"model": "iris", "inputs": [SETOSA]}).json()
+    queued = api.post("/jobs", json={"model": "iris", "inputs": [SETOSA]}).json()
+    assert api.get(f"/jobs/{queued['_id']}?wait=30").json()["status"] == "succeeded"
+    assert answer["status"] == "succeeded"
+    assert db.jobs.count_documents({PENDING: {"$exists": True}}) == 0
+
+
+def test_the_guides_recipe_is_what_these_tests_run():
+    """docs/EXTENDING.md's code blocks of "React to a job's life" are in
+    tests/recording_hooks.py word for word (a function, or lines of register)."""
+    guide = (ROOT / "docs" / "EXTENDING.md").read_text()
+    section = guide.split("## React to a job's life", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    source = (ROOT / "tests" / "recording_hooks.py").read_text()
+    assert len(blocks) == 2
+    for block in blocks:
+        code = block.split("\n", 1)[1]  # below its "# hooks/job_events.py" line
+        assert code in source or textwrap.indent(code, "    ") in source, code
