@@ -109,6 +109,20 @@ def test_a_failed_job_is_heard_by_the_failure_hooks(hooked_server, hooks_db, mod
     assert_heard_as_stored(hooks_db, [call])
 
 
+def test_a_cancelled_job_is_heard_by_the_cancellation_hooks(hooked_server, hooks_db):
+    api = hooked_server.api()
+    ran = api.post("/jobs?wait=30", json={"model": "iris", "inputs": [SETOSA]}).json()
+    # The same job, queued and held by a runner elsewhere: it stays put until cancelled.
+    lease = {"worker": "elsewhere", "token": "t", "until": utcnow() + timedelta(minutes=10)}
+    job = hooks_db.jobs.find_one({"_id": ObjectId(ran["_id"])})
+    job.update(_id=ObjectId(), status="queued", lease=lease, finished_at=None)
+    hooks_db.jobs.insert_one(job)
+    assert api.post(f"/jobs/{job['_id']}/cancel").json()["status"] == "cancelled"
+    (call,) = heard(hooks_db, [job["_id"]])
+    assert call["status"] == "cancelled"
+    assert_heard_as_stored(hooks_db, [call])
+
+
 def test_an_end_left_undelivered_is_delivered_again_by_a_sweep(hooked_server, hooks_db):
     """A process died between storing a job's end and its hooks: the mark stayed."""
     api = hooked_server.api()

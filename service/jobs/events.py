@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from bson import ObjectId
+from pymongo.errors import PyMongoError
 
 from service.metrics import HOOK_ERRORS
 
@@ -110,7 +111,11 @@ class JobEvents:
                 call_isolated(callback, event.job_id, event)
         hooked = [event.job_id for event in events if self.hooks(event.status)]
         if hooked:
-            self._deliver({PENDING: {"$exists": True}, "_id": {"$in": hooked}})
+            try:
+                self._deliver({PENDING: {"$exists": True}, "_id": {"$in": hooked}})
+            except PyMongoError as error:
+                # The ends stay marked: a sweep delivers them; the engine goes on.
+                log.warning("job hooks of %d jobs left for a sweep (%s)", len(hooked), error)
 
     def requeued(self, job_id: ObjectId) -> None:
         for callback in self._requeued:
