@@ -325,8 +325,10 @@ def serve(args: argparse.Namespace) -> None:
 
 def worker(args: argparse.Namespace) -> None:
     """Run queued jobs until SIGTERM or Ctrl-C, then finish the batch at hand."""
+    from hooks import job_events
     from service.config import load_settings
     from service.jobs.dispatch import Worker
+    from service.jobs.events import JobEvents
 
     mongo_uri = database_uri()
     log.info("worker on %s", redact(mongo_uri))
@@ -336,7 +338,11 @@ def worker(args: argparse.Namespace) -> None:
 
         start_http_server(settings.METRICS_PORT, addr="127.0.0.1")
         log.info("worker metrics at http://127.0.0.1:%s/metrics", settings.METRICS_PORT)
-    runner = Worker(Store(database_of(mongo_uri)), load_settings())
+    store = Store(database_of(mongo_uri))
+    # The developers' job hooks, delivered by this worker too (hooks/job_events.py).
+    events = JobEvents(store)
+    job_events.register(events)
+    runner = Worker(store, load_settings(), events)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: runner.stop())
     runner.run_forever()

@@ -1,13 +1,23 @@
-"""Eve event hooks, one module per resource, wired by register(app)."""
+"""Eve event hooks, one module per resource, and the job lifecycle hooks
+(hooks/job_events.py), wired by register(app)."""
 
-from eve import Eve
+from typing import TYPE_CHECKING
 
-from hooks import items, jobs, models, pagination
-from service.api.errors import as_http_errors
+from hooks import job_events
+
+if TYPE_CHECKING:
+    from eve import Eve
 
 
-def register(app: Eve) -> None:
+def register(app: "Eve") -> None:
     """Attach every hook to the app, grouped by resource; domain errors answer as themselves."""
+    # Imported here, not above: worker processes import hooks.job_events (and so this
+    # package) without Eve or Flask.
+    from hooks import items, jobs, models, pagination
+    from service.api.errors import as_http_errors
+
+    job_events.register(app.extensions["sibyl"].events)
+
     app.on_fetched_resource += pagination.on_fetched_resource
     app.on_fetched_item += pagination.on_fetched_item
     app.on_pre_DELETE += items.on_pre_DELETE

@@ -80,6 +80,9 @@ JOBS = {
         # Every index costs each job write, so there are no others.
         "owner_status": [("owner", 1), ("status", 1)],
         "owner_created": [("owner", 1), ("_created", -1)],
+        # Ended jobs whose developers' hooks are yet to hear of it (service/jobs/
+        # events.py); sparse: it holds none of the jobs of an app without hooks.
+        "hooks_pending": ([("hooks_pending_since", 1)], {"sparse": True}),
     },
     # What `where` may test (a listed field's sub-fields too: tags.<name>); not the
     # inputs (large), nor the lease (the runners' business). Sorting is allowed on

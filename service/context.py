@@ -27,7 +27,8 @@ class Sibyl:
         with app.app_context():
             self.store = Store(app.data.driver.db, SYSTEM, app.data.access)
         self.keys = Keys(self.store.db.keys, app.config["KEY_CACHE_SECONDS"])
-        self.events = JobEvents()
+        # Developers' job hooks are added by hooks.register(app).
+        self.events = JobEvents(self.store)
         self.completions = Completions(self.events)
         self.models = ModelLookup(self.store, app.config["MODEL_LOOKUP_TTL_S"])
         # Models stored before stages existed keep serving their name.

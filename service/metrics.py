@@ -62,6 +62,11 @@ DATABASE_ERRORS = Counter(
     "Database errors: requests answered 503, engine runs interrupted",
     ["where"],
 )
+HOOK_ERRORS = Counter(
+    "sibyl_hook_errors_total",
+    "Job event listeners (developers' hooks, waiters) that raised, by listener",
+    ["hook"],
+)
 RATE_LIMITED = Counter(
     "sibyl_rate_limited_total", "Requests refused by a rate limit (429), by scope", ["scope"]
 )

@@ -352,9 +352,9 @@ def run_py() -> Iterator[Callable[..., subprocess.Popen]]:
     """Start `python run.py <command>` processes as a user would; kill leftovers at the end."""
     processes: list[subprocess.Popen] = []
 
-    def start(command: str, env: dict, **popen_options) -> subprocess.Popen:
+    def start(command: str, env: dict, script: str = "run.py", **popen_options):
         process = subprocess.Popen(
-            [sys.executable, "run.py", command],
+            [sys.executable, script, command],
             cwd=ROOT,
             env={**os.environ, **env},
             **popen_options,
@@ -417,12 +417,13 @@ def wait_for(condition, timeout: float, what: str):
 def start_worker(database, tmp_path, run_py):
     """Start `run.py worker` processes on the queueing app's database.
 
-    Keyword arguments are settings (lease_seconds=2 sets SIBYL_LEASE_SECONDS).
-    Each worker logs to a file, shown with the test's output if it fails.
+    Keyword arguments are settings (lease_seconds=2 sets SIBYL_LEASE_SECONDS); script:
+    another entry point taking run.py's arguments. Each worker logs to a file, shown
+    with the test's output if it fails.
     """
     logs = []
 
-    def start(**settings) -> subprocess.Popen:
+    def start(script: str = "run.py", **settings) -> subprocess.Popen:
         env = {
             "MONGO_URI": database.uri,
             "SIBYL_DB_NAME": QUEUE_DB_NAME,
@@ -432,7 +433,7 @@ def start_worker(database, tmp_path, run_py):
         }
         path = tmp_path / f"worker-{len(logs)}.log"
         with open(path, "wb") as log:
-            process = run_py("worker", env, stdout=log, stderr=subprocess.STDOUT)
+            process = run_py("worker", env, script, stdout=log, stderr=subprocess.STDOUT)
         process.log_path = path
         logs.append(path)
         return process

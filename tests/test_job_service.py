@@ -124,6 +124,7 @@ def test_an_item_fetched_with_wait_has_no_next_link(api, demo_models):
         "service.jobs.dispatch",  # the worker entry point (run.py worker)
         "service.store.access",  # the data layer
         "service",
+        "hooks.job_events",  # the developers' job hooks, which run.py worker imports
     ],
 )
 def test_light_modules_import_neither_eve_nor_hooks_nor_tensorflow(module):
@@ -134,7 +135,7 @@ def test_light_modules_import_neither_eve_nor_hooks_nor_tensorflow(module):
     loaded = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
-    assert loaded == []
+    assert loaded == (["hooks"] if module.startswith("hooks.") else [])
 
 
 def test_a_waited_answer_after_a_retry_equals_the_stored_predictions(

@@ -10,7 +10,8 @@ and the job was claimed again cannot overwrite the newer attempt.
 
 This module writes every field of a job's state: a new job's document
 (`new_job`), claims, progress, success, failure, requeueing, deletion; and it
-raises the job events (service/jobs/events.py) where a job ends.
+raises the job events (service/jobs/events.py) where a job ends, once the end is
+stored (marked for redelivery, in the same write, when a developer's hook listens).
 """
 
 import copy
@@ -288,10 +289,11 @@ class JobQueue:
         fields = {
             job.id: succeeded_fields(job.count, job.attempts, job.started_at, now) for job in jobs
         }
+        pending = self.events.pending("succeeded", now)
         updates = [
             (
                 leased_by(job.id, job.token, {"tags": job.tags}),
-                changed(fields[job.id], now),
+                changed({**fields[job.id], **pending}, now),
             )
             for job in jobs
         ]
@@ -316,10 +318,12 @@ class JobQueue:
                     retagged.append((job, doc.get("tags") or {}))
         tags = {job.id: job.tags for job in jobs}
         count_succeeded([job for job in jobs if job.id in succeeded])
-        for job_id in succeeded:
-            self.events.ended(
+        self.events.ended(
+            *(
                 JobEnded(job_id, "succeeded", {**fields[job_id], "tags": tags[job_id]})
+                for job_id in succeeded
             )
+        )
         for job, new_tags in retagged:
             self.store.predictions.update_many({"job": job.id}, {"$set": {"tags": new_tags}})
             job.tags = new_tags
@@ -356,7 +360,8 @@ class JobQueue:
         }
         with Held.writing([job.held for job in jobs]) as unwritten:
             mine = [job for job in jobs if job.held in unwritten]
-            documents = [{**job.held.document, **fields[job.id]} for job in mine]
+            pending = self.events.pending("succeeded", now)
+            documents = [{**job.held.document, **fields[job.id], **pending} for job in mine]
             rows = [row for job in mine for row in predictions[job.id]]
 
             def write(session):
@@ -372,8 +377,9 @@ class JobQueue:
                 Held.write(unwritten, write_and_count)
         for job in jobs:
             job.held = None
-        for job in mine:
-            self.events.ended(JobEnded(job.id, "succeeded", {**fields[job.id], "tags": job.tags}))
+        self.events.ended(
+            *(JobEnded(job.id, "succeeded", {**fields[job.id], "tags": job.tags}) for job in mine)
+        )
         return {job.id for job in mine}
 
     def fail_attempt(
@@ -425,7 +431,8 @@ class JobQueue:
         or nothing), and its end is raised."""
         now = utcnow()
         fields = {"status": status, "lease": None, "error": error, "finished_at": now}
-        result = self.store.jobs.update_one(query, changed(fields, now))
+        pending = self.events.pending(status, now)
+        result = self.store.jobs.update_one(query, changed({**fields, **pending}, now))
         if result.modified_count:
             self.store.predictions.delete_many({"job": query["_id"]})
             self.events.ended(JobEnded(query["_id"], status, {**fields, "_updated": now}))

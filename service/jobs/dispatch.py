@@ -76,9 +76,10 @@ class Runner:
         self.stopping = threading.Event()
 
     def sweep(self, run: Callable[[list[Job]], None]) -> int:
-        """Claim queued jobs nobody holds, after freeing those whose lease expired, and
-        run(jobs) them."""
+        """Claim queued jobs nobody holds, after freeing those whose lease expired (and
+        delivering the job hooks a dead process left undelivered), and run(jobs) them."""
         self.queue.requeue_expired()
+        self.queue.events.redeliver()
         claimed, jobs = self.claim()
         if claimed:
             run(jobs)
@@ -318,9 +319,11 @@ class JobSignal:
 class Worker(Runner):
     """Workers mode: a process claiming jobs from MongoDB until it is told to stop."""
 
-    def __init__(self, store: Store, config: dict):
+    def __init__(self, store: Store, config: dict, events: JobEvents | None = None):
+        """events: carrying the developers' hooks (run.py worker registers them)."""
         # Nobody waits in a worker process: its completions only carry the events.
-        super().__init__(store, config, Completions(JobEvents()), "worker")
+        events = events or JobEvents(store)
+        super().__init__(store, config, Completions(events), "worker")
         self.signal = JobSignal(store, self.poll_seconds)
 
     def _run(self, jobs: list[Job]) -> None:
