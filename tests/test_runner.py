@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -294,6 +295,23 @@ def test_a_looping_model_fails_its_job_and_holds_nobody(start_server, db, demo_m
     job = wait_for(lambda: finished(db, answer.json()["_id"]), 60, "the looping job to end")
     assert job["status"] == "failed"
     assert "took longer than" in job["error"] and "SIBYL_MODEL_CALL_TIMEOUT_MS" in job["error"]
+    assert job["attempts"] == 1
+
+
+def test_a_job_held_past_its_lease_is_stored_still_leased(start_server, db, tmp_path):
+    """A ?wait= longer than the lease, on a job still running when the wait ends: the
+    request stores it leased from then on (it was stored with the lease it got when
+    accepted, long run out; a sweep took it back and it ran a second attempt)."""
+    server = start_server({"LEASE_SECONDS": 2, "MODEL_CALL_TIMEOUT_S": 8.0})
+    uploaded(server, looping_model(tmp_path), "looping")
+
+    answer = server.api().post("/jobs?wait=4", json={"model": "looping", "inputs": [[1, 0, 0]]})
+
+    assert answer.json()["status"] in ("queued", "running"), answer.text
+    stored = job_status(db, answer.json()["_id"])
+    assert stored["lease"]["until"] > datetime.now(UTC)
+    job = wait_for(lambda: finished(db, answer.json()["_id"]), 60, "the looping job to end")
+    assert "took longer than" in job["error"]
     assert job["attempts"] == 1
 
 
