@@ -135,17 +135,18 @@ def check_access_control(sibyl, key: str) -> None:
     assert keyed.status_code == 200 and "RateLimit-Limit" in keyed.headers, keyed.headers
 
 
-def register_model(sibyl, name: str, path: Path, labels: list[str]) -> None:
-    """Upload a model as an admin does; Sibyl checks it like any upload."""
+def register_model(sibyl, name: str, path: Path, labels: list[str] | None = None) -> dict:
+    """Upload a model as an admin does; Sibyl checks it like any upload. The stored model."""
     with open(path, "rb") as upload:
         created = requests.post(
             sibyl.url + "/v1/models",
-            data={"name": name, "labels": json.dumps(labels)},
+            data={"name": name, **({"labels": json.dumps(labels)} if labels else {})},
             files={"file": (path.name, upload, "application/octet-stream")},
             headers=bearer(sibyl.admin_key),
             timeout=300,
         )
     assert created.status_code == 201, created.text[:1000]
+    return created.json()
 
 
 def loaded(server: Server, sibyl: Server, path: str, body, bounds: dict, **options) -> tuple:

@@ -7,6 +7,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from bench.reliability.models import zip_folder
+
 
 def tiny_classifier(path: Path) -> Path:
     """4 features -> 3 softmax classes, random weights."""
@@ -94,14 +96,6 @@ def direct_outputs(model_path: Path, inputs) -> np.ndarray:
 
 
 # --- Hostile models (tests/test_hostile_models.py) ------------------------------------
-
-
-def zip_folder(folder: Path, path: Path) -> Path:
-    """Zip a SavedModel folder as clients upload it."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for file in sorted(folder.rglob("*")):
-            archive.write(file, Path(folder.name) / file.relative_to(folder))
-    return path
 
 
 def serving_module(path: Path, extra, **attributes) -> Path:

@@ -15,15 +15,18 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import gridfs
 import keras
 import model_builders
 import pytest
 import tensorflow as tf
+from bson import ObjectId
 from conftest import ROOT, upload_model
 
-from service.registry import confine, model_files, model_scan
+from service.registry import confine, model_files, model_scan, model_store
 from service.registry.model_files import ModelFileError
-from service.registry.runner import SANDBOX_USER, ModelRunner, RunnerLimits
+from service.registry.runner import SANDBOX_USER, ModelRunner, RunnerLimits, RunnerUnavailable
+from service.store.access import Store
 
 LIMITS = {"max_bytes": 64 * 1024 * 1024, "limits": RunnerLimits()}
 SECRET = "canary-secret-4f1d"
@@ -492,10 +495,19 @@ def test_zip_entry_overwriting_another_when_unpacked_is_refused(api, db, tmp_pat
         doubler, tmp_path / "dotted.zip", {"doubler/./variables/variables.index": b"junk"}
     )
     assert_upload_refused(api, db, hostile, "'.' or empty components")
-    # A model stored before the check is refused when unpacked to be served.
+    # A model stored before the check is refused when unpacked to be served: its jobs
+    # fail saying why (RunnerUnavailable), and nothing of it stays in the model cache.
     with pytest.raises(ModelFileError, match="'.' or empty components"):
         model_files.loadable_path(hostile, "savedmodel", tmp_path / "unpacked")
     assert not (tmp_path / "unpacked").exists()
+    stored = {
+        "_id": ObjectId(),
+        "format": "savedmodel",
+        "file": gridfs.GridFS(db).put(hostile.read_bytes()),
+    }
+    with pytest.raises(RunnerUnavailable, match="'.' or empty components"):
+        model_store.local_copy(Store(db), stored, tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 # --- refusals in a client's words ----------------------------------------------------------

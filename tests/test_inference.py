@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 from bson import ObjectId
-from conftest import upload_model, wait_for
+from conftest import emptied, restore_models, upload_model, wait_for, wait_until_idle
 from model_builders import direct_outputs
 
 from service.demo.models import load_digits, load_iris
@@ -246,6 +246,49 @@ def test_poison_job_fails_after_max_attempts_and_spares_the_others(
         db.predictions.count_documents({"job": db.jobs.find_one({"status": "failed"})["_id"]}) == 0
     )
     assert db.predictions.count_documents({}) == 3
+
+
+@pytest.fixture
+def cache_db(database, model_snapshot):
+    """A database of its own, with the demo models: no other app's sweeps may run its jobs
+    (their model caches work)."""
+    for db in emptied(database, "sibyl_cache_test"):
+        restore_models(db, model_snapshot)
+        yield db
+
+
+def test_a_model_the_cache_cannot_hold_fails_its_jobs_and_loaded_ones_serve(
+    start_server, cache_db, model_files, tmp_path
+):
+    """The model cache unusable (its disk now a file; make reliability fills a real
+    one): iris, loaded before, serves on; the jobs of a model not copied yet fail after
+    MAX_ATTEMPTS saying why (they were claimed again for ever, attempts uncounted);
+    once the cache is back, the same model serves."""
+    disk = tmp_path / "disk"
+    cache = disk / "models"
+    server = start_server(
+        {"MONGO_DBNAME": "sibyl_cache_test", "MODEL_CACHE_DIR": str(cache), "MAX_ATTEMPTS": 3}
+    )
+    api = server.api()
+    iris = {"model": "iris", "inputs": [[5.1, 3.5, 1.4, 0.2]]}
+    assert api.post("/jobs?wait=30", json=iris).json()["status"] == "succeeded"
+    assert upload_model(api, "tiny", model_files["tiny"]).status_code == 201
+    disk.rename(tmp_path / "moved")
+    disk.write_text("a file where the cache's folder was")
+    tiny = {"model": "tiny", "inputs": [[1.0, 2.0, 3.0, 4.0]]}
+
+    failed = api.post("/jobs?wait=30", json=tiny).json()
+
+    assert failed["status"] == "failed", failed
+    assert failed["attempts"] == 3
+    assert failed["error"] == (
+        "failed after 3 attempts: the model could not be loaded: its file could not be "
+        "written to the model cache (SIBYL_MODEL_CACHE_DIR): Not a directory"
+    )
+    assert api.post("/jobs?wait=30", json=iris).json()["status"] == "succeeded"
+    disk.unlink()
+    assert api.post("/jobs?wait=30", json=tiny).json()["status"] == "succeeded"
+    wait_until_idle(cache_db)
 
 
 def test_deleting_a_finished_job_deletes_its_predictions(api, db, demo_models):

@@ -1,6 +1,7 @@
 """Run the fault scenarios (all, or --only NAME...), print their table and keep it as
 JSON under bench/results/. Exit status 1 if any scenario lost, duplicated, orphaned or
-hid a job, answered wrongly or with an undocumented 5xx."""
+hid a job, answered wrongly or with an undocumented 5xx, or failed a job other than its
+poison (or a poison job otherwise than expected)."""
 
 import argparse
 import json
@@ -18,6 +19,8 @@ COLUMNS = [
     ("trials", "trials"),
     ("jobs_acknowledged", "acknowledged"),
     ("jobs_finished", "finished"),
+    ("failed", "failed"),
+    ("failed_as_expected", "failed as expected"),
     ("predictions_expected", "predictions expected"),
     ("predictions_stored", "stored"),
     ("duplicates", "duplicates"),

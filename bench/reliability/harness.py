@@ -4,13 +4,17 @@ stream of jobs from several clients, and the accounting of what became of them.
 A scenario starts a Cluster (run.py serve, and run.py worker processes in workers
 mode), runs a Load while it injects its fault, stops the load, lets the service
 drain, and calls `account`: jobs acknowledged and finished, predictions expected and
-stored, duplicates, orphans, jobs stored that their client was not told about, 5xx.
+stored, duplicates, orphans, jobs stored that their client was not told about, 5xx,
+and jobs failed: only a poison Load's (a scenario's misbehaving inputs), each with
+the error and after the attempts its Load expects.
 Every process is started here and stopped by its id; every loop is bounded in count
 and in time.
 """
 
+import errno
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,11 +124,57 @@ class Cluster:
         self.api.stop()
 
 
+class FillableDisk:
+    """A folder that can be made full, and freed: a tmpfs of its own filled to the last
+    byte (as root, where mounting is allowed), else made unwritable by its mode (which
+    binds every user but root). A real full filesystem, not a simulated error."""
+
+    def __init__(self, path: Path, megabytes: int = 4):
+        path.mkdir()
+        self.path = path
+        mount = ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "sibyl-reliability", path]
+        mounted = (
+            subprocess.run(mount, capture_output=True, text=True) if os.geteuid() == 0 else None
+        )
+        self.mounted = mounted is not None and mounted.returncode == 0
+        if os.geteuid() == 0 and not self.mounted:
+            path.rmdir()
+            raise RuntimeError(f"cannot fill a disk here: {mounted.stderr.strip()}")
+
+    def fill(self) -> None:
+        if not self.mounted:
+            self.path.chmod(0o555)
+            return
+        with open(self.path / "filler", "wb", buffering=0) as filler:
+            try:
+                for _ in range(100_000):  # 6.5 GB at most; a tmpfs of megabytes is full long before
+                    filler.write(bytes(65536))
+            except OSError as error:
+                if error.errno != errno.ENOSPC:
+                    raise
+                return
+        raise AssertionError(f"{self.path} never filled up")
+
+    def free(self) -> None:
+        if self.mounted:
+            (self.path / "filler").unlink()
+        else:
+            self.path.chmod(0o755)
+
+    def remove(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", self.path], check=True)
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
 @dataclass
 class Load:
-    """clients threads POSTing iris jobs of `sizes` instances (one picked at random
-    each time), plain or with ?wait=, tagged {"run": tag}, until stop() or max_jobs
-    or max_seconds."""
+    """clients threads POSTing jobs of `sizes` copies of `instance` (one size picked at
+    random each time) to `model`, plain or with ?wait=, tagged {"run": tag}, `pause`
+    seconds apart (a random time within it), until stop() or max_jobs or max_seconds.
+
+    fails_with: every job of the load must fail with an error holding this text, after
+    fails_after_attempts attempts (a scenario's poison); empty: every job must succeed."""
 
     url: str
     key: str
@@ -134,6 +184,11 @@ class Load:
     wait_s: int = 0
     max_jobs: int = 100_000
     max_seconds: float = 120.0
+    model: str = "iris"
+    instance: list = field(default_factory=lambda: SETOSA)
+    pause: tuple[float, float] = (0.0, 0.0)
+    fails_with: str = ""
+    fails_after_attempts: int = 0
     acknowledged: dict[str, int] = field(default_factory=dict)  # id -> instances
     maybe: dict[str, int] = field(default_factory=dict)  # 503 naming them: may be stored
     statuses: Counter = field(default_factory=Counter)
@@ -156,8 +211,12 @@ class Load:
 
     def stop(self) -> None:
         self._stop.set()
+        self.finish(60)
+
+    def finish(self, seconds: float) -> None:
+        """Wait for the clients to end by themselves (max_jobs or max_seconds)."""
         for thread in self._threads:
-            thread.join(60)
+            thread.join(seconds)
 
     def sent(self) -> int:
         return sum(self.statuses.values()) + self.dropped
@@ -170,8 +229,14 @@ class Load:
         while not self._stop.is_set():
             if self.sent() >= self.max_jobs or time.monotonic() - self._began > self.max_seconds:
                 return
+            if self.pause[1] and self._stop.wait(rng.uniform(*self.pause)):
+                return
             size = rng.choice(self.sizes)
-            body = {"model": "iris", "inputs": [SETOSA] * size, "tags": {"run": self.tag}}
+            body = {
+                "model": self.model,
+                "inputs": [self.instance] * size,
+                "tags": {"run": self.tag},
+            }
             try:
                 answer = http.post(url, json=body, timeout=self.wait_s + 30)
             except requests.RequestException:
@@ -189,6 +254,10 @@ class Load:
                 self.acknowledged[job["_id"]] = size
                 if job["status"] == "succeeded" and len(job.get("predictions", [])) != size:
                     self.wrong.append(job["_id"])
+                # A ?wait= answer of a poison job that ended says how, as stored.
+                ended = job["status"] in ("succeeded", "failed")
+                if self.fails_with and ended and not failed_as_expected(job, self):
+                    self.wrong.append(job["_id"])
             elif answer.status_code == 503:
                 if "Retry-After" not in answer.headers:
                     self.wrong.append("503 without Retry-After")
@@ -203,21 +272,35 @@ def undocumented_5xx(load: Load) -> int:
     return sum(n for status, n in load.statuses.items() if status >= 500 and status != 503)
 
 
-def account(cluster: Cluster, loads: list[Load], expect_failed: int = 0) -> dict:
+def wait_for_end(cluster: Cluster, loads: list[Load], seconds: float = DRAIN_SECONDS) -> None:
+    """Until every job of the loads has ended (AssertionError past seconds)."""
+    active = {
+        "tags.run": {"$in": [load.tag for load in loads]},
+        "status": {"$in": ["queued", "running"]},
+    }
+    wait_until(
+        lambda: cluster.ready() and not cluster.db.jobs.find_one(active, {"_id": 1}),
+        seconds,
+        "every job to end",
+    )
+
+
+def failed_as_expected(job: dict, load: Load) -> bool:
+    """A job of a poison load ended as the load says it must."""
+    return (
+        job["status"] == "failed"
+        and load.fails_with in (job.get("error") or "")
+        and job.get("attempts") == load.fails_after_attempts
+    )
+
+
+def account(cluster: Cluster, loads: list[Load]) -> dict:
     """Once every job of the loads has ended (DRAIN_SECONDS at most): what became of them."""
     tags = [load.tag for load in loads]
     db = cluster.db
-    wait_until(
-        lambda: (
-            cluster.ready()
-            and not db.jobs.find_one(
-                {"tags.run": {"$in": tags}, "status": {"$in": ["queued", "running"]}}, {"_id": 1}
-            )
-        ),
-        DRAIN_SECONDS,
-        "every job to end",
-    )
+    wait_for_end(cluster, loads)
     acknowledged = {ObjectId(i): n for load in loads for i, n in load.acknowledged.items()}
+    poison = {ObjectId(i): load for load in loads if load.fails_with for i in load.acknowledged}
     told = set(acknowledged) | {ObjectId(i) for load in loads for i in load.maybe}
     jobs = {job["_id"]: job for job in db.jobs.find({"tags.run": {"$in": tags}}, {"inputs": 0})}
     per_job: Counter = Counter()
@@ -237,6 +320,9 @@ def account(cluster: Cluster, loads: list[Load], expect_failed: int = 0) -> dict
         "jobs_finished": sum(1 for i in acknowledged if i in succeeded),
         "lost": sum(1 for i in acknowledged if i not in jobs),
         "failed": len(failed),
+        "failed_as_expected": sum(
+            1 for i in failed if i in poison and failed_as_expected(jobs[i], poison[i])
+        ),
         "failed_unrun": sum(1 for i in failed if not per_job[i]),
         "predictions_expected": expected,
         "predictions_stored": sum(per_job[i] for i in succeeded),
@@ -247,12 +333,13 @@ def account(cluster: Cluster, loads: list[Load], expect_failed: int = 0) -> dict
         "5xx": sum(undocumented_5xx(load) for load in loads),
         "503": sum(load.statuses[503] for load in loads),
         "dropped": sum(load.dropped for load in loads),
-        "expected_failed": expect_failed,
+        "expected_failed": len(poison),
     }
 
 
 def passed(row: dict) -> bool:
-    """Nothing lost, duplicated, orphaned, hidden, wrong or failed unexpectedly."""
+    """Nothing lost, duplicated, orphaned, hidden, wrong or failed unexpectedly; every
+    poison job failed as its load says."""
     return (
         row["lost"] == 0
         and row["duplicates"] == 0
@@ -262,7 +349,7 @@ def passed(row: dict) -> bool:
         and row["stored_untold"] <= row["dropped"]
         and row["wrong_answers"] == 0
         and row["5xx"] == 0
-        and row["failed"] == row["expected_failed"]
+        and row["failed"] == row["failed_as_expected"] == row["expected_failed"]
         and row["predictions_stored"] == row["predictions_expected"]
         and row["jobs_acknowledged"] > 0
     )

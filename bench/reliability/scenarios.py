@@ -9,7 +9,16 @@ import random
 import signal
 import time
 
-from bench.reliability.harness import Cluster, Load, account, wait_until
+from bench.reliability import models
+from bench.reliability.harness import (
+    Cluster,
+    FillableDisk,
+    Load,
+    account,
+    wait_for_end,
+    wait_until,
+)
+from bench.run import register_model
 from bench.slow_clients import healthz_under_slow_clients
 
 SIZES = {
@@ -18,17 +27,17 @@ SIZES = {
 }
 
 
-def started_load(cluster, sizes: dict, tag: str, instances: tuple, wait_s: int = 0) -> Load:
-    """A Load of the scenario's size on the cluster, started."""
+def started_load(
+    cluster, sizes: dict, tag: str, instances: tuple, wait_s: int = 0, **options
+) -> Load:
+    """A Load of the scenario's size on the cluster, started; options: Load's fields."""
+    bounds = {
+        "clients": sizes["clients"],
+        "max_seconds": sizes["max_seconds"],
+        "max_jobs": sizes["max_jobs"],
+    }
     return Load(
-        cluster.url,
-        cluster.key,
-        tag,
-        sizes["clients"],
-        instances,
-        wait_s=wait_s,
-        max_seconds=sizes["max_seconds"],
-        max_jobs=sizes["max_jobs"],
+        cluster.url, cluster.key, tag, sizes=instances, wait_s=wait_s, **{**bounds, **options}
     ).start()
 
 
@@ -175,6 +184,158 @@ def graceful_shutdown(folder, size: str) -> dict:
     }
 
 
+def uploaded(cluster, build, folder) -> str:
+    """The id of a model of bench/reliability/models.py, built once per folder and
+    uploaded as an admin does (the scan and the test run at upload pass it)."""
+    path = folder / "built" / f"{build.__name__}.zip"
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        build(path)
+    return register_model(cluster.api, build.__name__, path)["_id"]
+
+
+def hostile_loads(cluster, sizes: dict, tag: str, build, folder, **fails) -> list[Load]:
+    """For a model that misbehaves on models.TRIGGER: a client's good jobs of it (1 or
+    3 instances), and trials / 2 jobs of one trigger each, posted at random moments,
+    each failing as `fails` (Load's fails_with, fails_after_attempts) says; all with
+    ?wait=, so that the answer of a job that ended is checked too."""
+    model = uploaded(cluster, build, folder)
+    good = {"model": model, "instance": models.HARMLESS, "clients": 1, "wait_s": 10}
+    bad = {**good, "instance": models.TRIGGER, "pause": sizes["pause"], **fails}
+    return [
+        started_load(cluster, sizes, f"{tag}_good", (1, 3), **good),
+        started_load(cluster, sizes, tag, (1,), max_jobs=sizes["trials"] // 2, **bad),
+    ]
+
+
+def misbehaving_models(cluster, sizes: dict, folder, cases: dict) -> dict:
+    """Iris clients (plain and ?wait=) and, per model of cases ({build: fails}), the
+    hostile_loads; once every bad job is posted, the loads stop and are accounted."""
+    hostile = [
+        hostile_loads(cluster, sizes, build.__name__, build, folder, **fails)
+        for build, fails in cases.items()
+    ]
+    loads = plain_and_waiting(cluster, sizes, f"{'_'.join(b.__name__ for b in cases)}_iris")
+    for _, bad in hostile:
+        bad.finish(sizes["max_seconds"] + 30)
+    loads += [load for pair in hostile for load in pair]
+    for load in loads:
+        load.stop()
+    return {"trials": sum(bad.sent() for _, bad in hostile), **account(cluster, loads)}
+
+
+def poison_jobs(folder, size: str) -> dict:
+    """Jobs that make their model raise (a failed assertion) or answer NaN, among good
+    jobs of the same models and iris clients: each fails after SIBYL_MAX_ATTEMPTS (3)
+    with its error and no prediction; every other job succeeds."""
+    cluster = Cluster(folder, {"SIBYL_MAX_ATTEMPTS": "3"})
+    try:
+        after_three = "failed after 3 attempts: "
+        return misbehaving_models(
+            cluster,
+            SIZES[size],
+            folder,
+            {
+                models.raising: {
+                    "fails_with": after_three + "the model raised InvalidArgumentError: assertion",
+                    "fails_after_attempts": 3,
+                },
+                models.not_a_number: {
+                    "fails_with": after_three + "the model's output for inputs[0] is not finite",
+                    "fails_after_attempts": 3,
+                },
+            },
+        )
+    finally:
+        cluster.stop()
+
+
+def runaway_models(folder, size: str) -> dict:
+    """Jobs that make their model loop past its time limit (2 s) or abort its runner
+    (SIGABRT), among good jobs of the same models and iris clients: the runner is
+    killed or dies and is replaced; each such job fails at its first attempt, alone;
+    every other job succeeds."""
+    cluster = Cluster(folder, {"SIBYL_MODEL_CALL_TIMEOUT_MS": "2000"})
+    try:
+        return misbehaving_models(
+            cluster,
+            SIZES[size],
+            folder,
+            {
+                models.looping: {
+                    "fails_with": "the model call took longer than",
+                    "fails_after_attempts": 1,
+                },
+                models.aborting: {
+                    "fails_with": "the model crashed while running this job (SIGABRT)",
+                    "fails_after_attempts": 1,
+                },
+            },
+        )
+    finally:
+        cluster.stop()
+
+
+def disk_pressure(folder, size: str) -> dict:
+    """The model cache's filesystem full (FillableDisk) under iris clients: iris, loaded
+    before, keeps serving; jobs of a model uploaded meanwhile, which cannot be copied
+    into the cache, fail after SIBYL_MAX_ATTEMPTS (3) with an error naming the cache;
+    once space is freed the same model serves. trials / 5 times, a new model each."""
+    sizes = SIZES[size]
+    cycles = max(1, sizes["trials"] // 5)
+    seconds = sizes["max_seconds"] / 4
+    disk = FillableDisk(folder / f"cache-{time.monotonic_ns()}")
+    cluster = Cluster(folder, {"SIBYL_MODEL_CACHE_DIR": str(disk.path), "SIBYL_MAX_ATTEMPTS": "3"})
+    loads: list[Load] = []
+    try:
+        for cycle in range(cycles):
+            model = uploaded(cluster, models.plain, folder)  # a new version: not in the cache
+            iris = plain_and_waiting(cluster, sizes, f"disk_{cycle}")
+            wait_until(
+                lambda iris=iris: cluster.db.jobs.find_one(
+                    {"tags.run": {"$in": [load.tag for load in iris]}, "status": "succeeded"}
+                ),
+                60,
+                "iris to serve",
+            )
+            good = {"model": model, "instance": models.HARMLESS, "clients": 2}
+            disk.fill()
+            try:
+                full = started_load(
+                    cluster,
+                    sizes,
+                    f"disk_full_{cycle}",
+                    (1, 5),
+                    wait_s=10,
+                    max_seconds=seconds,
+                    fails_with="failed after 3 attempts: the model could not be loaded: its "
+                    "file could not be written to the model cache (SIBYL_MODEL_CACHE_DIR): ",
+                    fails_after_attempts=3,
+                    **good,
+                )
+                full.finish(seconds + 60)
+                wait_for_end(cluster, [full], 60)
+            finally:
+                disk.free()
+            freed = started_load(
+                cluster,
+                sizes,
+                f"disk_freed_{cycle}",
+                (1, 5),
+                wait_s=10,
+                max_seconds=seconds,
+                **good,
+            )
+            freed.finish(seconds + 60)
+            for load in iris:
+                load.stop()
+            loads += [*iris, full, freed]
+        return {"trials": cycles, **account(cluster, loads)}
+    finally:
+        cluster.stop()
+        disk.remove()
+
+
 SCENARIOS = {
     "worker SIGKILL mid-batch": worker_kill,
     "stale worker (SIGSTOP past its lease)": stale_worker,
@@ -182,4 +343,7 @@ SCENARIOS = {
     "database down and back": database_kill,
     "slow clients": slow_client_flood,
     "graceful shutdown": graceful_shutdown,
+    "poison jobs (raise, NaN)": poison_jobs,
+    "runaway and crashing models": runaway_models,
+    "model cache disk full": disk_pressure,
 }

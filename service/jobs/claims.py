@@ -141,6 +141,15 @@ class JobQueue:
         """A lease for jobs this runner is about to insert and run itself."""
         return {"worker": self.worker_id, "token": uuid.uuid4().hex, "until": utcnow() + self.lease}
 
+    def renewed(self, documents: list[dict]) -> list[dict]:
+        """Held jobs' documents their request is about to store: the leases counted from
+        now. Counted from the jobs' acceptance, they ran out while a long ?wait= held
+        them, and a sweep took back a job this runner was still running."""
+        until = utcnow() + self.lease
+        for document in documents:
+            document["lease"] = {**document["lease"], "until": until}
+        return documents
+
     def claim(self, ids: list[ObjectId]) -> tuple[str, list[ObjectId]]:
         """Lease those of ids that are still free; return the token and the claimed ids.
 

@@ -35,6 +35,9 @@ class Waiter:
     # whole truth (a retry, a row stored by another attempt, a lost lease): then
     # the answer reads them back.
     predictions: list[dict] | None = field(default_factory=list)
+    # It went back to the queue: its end's fields are not the whole story (attempts,
+    # started_at changed meanwhile), so the answer reads the job back.
+    requeued: bool = False
 
 
 class Completions:
@@ -48,7 +51,7 @@ class Completions:
         self._interest: dict[ObjectId, int] = {}
         self.events = events
         events.on_ended(self._ended)
-        events.on_requeued(self.forget_predictions)
+        events.on_requeued(self._requeued)
 
     @property
     def has_waiters(self) -> bool:
@@ -84,11 +87,17 @@ class Completions:
         if waiter is not None:
             waiter.predictions = None
 
+    def _requeued(self, job_id: ObjectId) -> None:
+        waiter = self._waiters.get(job_id)
+        if waiter is not None:
+            waiter.predictions = None
+            waiter.requeued = True
+
     def _ended(self, ended: JobEnded) -> None:
         waiter = self._waiters.get(ended.job_id)
         if waiter is not None:
             waiter.status = ended.status
-            waiter.fields = ended.fields
+            waiter.fields = None if waiter.requeued else ended.fields
             if waiter.predictions and waiter.predictions[0]["tags"] != ended.fields.get("tags"):
                 waiter.predictions = None  # retagged while it ran: read them back
             waiter.event.set()

@@ -264,8 +264,12 @@ class Engine:
                 for job in culprits:
                     pending.remove(job)
                 if isinstance(error, RunnerUnavailable):
+                    # The attempt ended before its start was counted: count it, or jobs
+                    # of a model that cannot be loaded would be claimed again for ever.
+                    lost = {id(job) for job in self.queue.start(fresh, utcnow())} if fresh else ()
                     for job in culprits:
-                        self._fail_job(job, f"the model could not be loaded: {error}")
+                        if id(job) not in lost:
+                            self._fail_job(job, f"the model could not be loaded: {error}")
                     continue
                 if len(culprits) == 1:
                     # A job that crashed or hung the runner on its own is not retried:

@@ -160,7 +160,10 @@ class JobService:
                 store = self.store.acting_as(identity)
                 hold = seconds - min(HOLD_MARGIN_S, seconds / 2)
                 self.wait(accepted.ids, hold, identity, just_submitted=True)
-                Held.store_untaken(held, store.jobs.insert_many)
+                renewed = accepted.runner.queue.renewed
+                Held.store_untaken(
+                    held, lambda documents: store.jobs.insert_many(renewed(documents))
+                )
                 for h in held:
                     if h.error is not None:
                         raise h.error

@@ -29,6 +29,7 @@ from pymongo.errors import DuplicateKeyError
 from schemas.common import ACTIVE_STATUSES, PRODUCTION
 from service.errors import Conflict, Rejected, UnknownModel
 from service.registry import model_files
+from service.registry.runner import RunnerUnavailable
 from service.store.access import Store
 
 FILE_SUFFIX = {"keras": ".keras", "savedmodel": ".zip"}
@@ -247,26 +248,46 @@ def next_version(store: Store, name: str) -> int:
 
 
 def local_copy(store: Store, model: dict, cache_dir: Path) -> Path:
-    """Return a loadable local path of the model's file, downloading it once."""
+    """Return a loadable local path of the model's file, downloading it once.
+
+    RunnerUnavailable, saying why, when it cannot be made: the cache's disk full or
+    unwritable (models copied before go on serving from their copies), or a stored
+    file the checks now refuse. Nothing of a failed copy is left in the cache."""
     model_id = str(model["_id"])
     model_format = model["format"]
     target = cache_dir / model_id
     if not target.exists():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        # Build in a temporary folder, then rename: a crash never leaves half a model.
-        staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{model_id}-"))
-        download = staging / f"download{FILE_SUFFIX[model_format]}"
-        with open(download, "wb") as handle:
-            handle.write(gridfs.GridFS(store.db).get(model["file"]).read())
-        model_files.loadable_path(download, model_format, staging)
-        download.unlink()
         try:
-            staging.rename(target)
-        except OSError:  # another process won the race: use its copy
-            shutil.rmtree(staging, ignore_errors=True)
+            _download(store, model, cache_dir, target)
+        except OSError as error:
+            # The reason, never the server's path: it reaches the job's owner.
+            raise RunnerUnavailable(
+                "its file could not be written to the model cache (SIBYL_MODEL_CACHE_DIR): "
+                f"{error.strerror or type(error).__name__}"
+            ) from None
+        except model_files.ModelFileError as error:
+            raise RunnerUnavailable(str(error)) from None
     if model_format == "savedmodel":
         return next(target.rglob("saved_model.pb")).parent
     return target / "model.keras"
+
+
+def _download(store: Store, model: dict, cache_dir: Path, target: Path) -> None:
+    """The model's file from GridFS, unpacked at target."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # Build in a temporary folder, then rename: a crash never leaves half a model.
+    staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{target.name}-"))
+    try:
+        download = staging / f"download{FILE_SUFFIX[model['format']]}"
+        with open(download, "wb") as handle:
+            handle.write(gridfs.GridFS(store.db).get(model["file"]).read())
+        model_files.loadable_path(download, model["format"], staging)
+        download.unlink()
+        staging.rename(target)
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not target.exists():  # else another process's copy won the rename: use it
+            raise
 
 
 def register(

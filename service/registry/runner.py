@@ -238,6 +238,12 @@ class ModelRunner:
         except ModelCallError as error:
             self._stop()
             raise RunnerUnavailable(str(error)) from None
+        except OSError as error:
+            # The model's copy or the process could not be made (a full disk, no file
+            # descriptors left): this call fails; the next one tries again.
+            self._stop()
+            reason = error.strerror or type(error).__name__
+            raise RunnerUnavailable(f"the model runner could not be started: {reason}") from None
         except BaseException:
             self._stop()
             raise
