@@ -9,6 +9,7 @@ Every process is started here and stopped by its id; every loop is bounded in co
 and in time.
 """
 
+import functools
 import os
 import random
 import signal
@@ -25,8 +26,8 @@ import requests
 from bson import ObjectId
 
 from bench.servers import ROOT, Server, process_tree, start_sibyl
+from service.demo.models import load_digits, load_iris
 
-SETOSA = [5.1, 3.5, 1.4, 0.2]
 DRAIN_SECONDS = 120  # after the load: every acknowledged job must end within this
 
 
@@ -35,6 +36,12 @@ def command_line(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+@functools.cache
+def demo_instance(model: str) -> list:
+    """The first instance of a demo model's data: a setosa's measurements, a handwritten 0."""
+    return {"iris": load_iris, "digits": load_digits}[model]()[0][0].tolist()
 
 
 def wait_until(condition, seconds: float, what: str):
@@ -122,15 +129,22 @@ class Cluster:
 
 @dataclass
 class Load:
-    """clients threads POSTing iris jobs of `sizes` instances (one picked at random
-    each time), plain or with ?wait=, tagged {"run": tag}, until stop() or max_jobs
-    or max_seconds."""
+    """clients threads POSTing jobs of `sizes` instances of one of `models` (each picked
+    at random each time), plain or with ?wait=, tagged {"run": tag}, until stop() or
+    max_jobs or max_seconds.
+
+    Closed loop by default: a client sends its next job once the last is answered. At
+    rate_per_s, open loop: the jobs are due on a fixed schedule, each sent by whichever
+    client is free, and a job's latency counts from when it was due, so a service that
+    falls behind shows it in the latencies (rather than in fewer jobs sent)."""
 
     url: str
     key: str
     tag: str
     clients: int = 8
     sizes: tuple[int, ...] = (1,)
+    models: tuple[str, ...] = ("iris",)
+    rate_per_s: float = 0.0
     wait_s: int = 0
     max_jobs: int = 100_000
     max_seconds: float = 120.0
@@ -139,8 +153,11 @@ class Load:
     statuses: Counter = field(default_factory=Counter)
     dropped: int = 0  # connections reset or timed out (a killed process)
     wrong: list = field(default_factory=list)  # answers that contradict the request
+    # (seconds from start to when the job was due, milliseconds until it was answered)
+    latencies: list[tuple[float, float]] = field(default_factory=list)
 
     def __post_init__(self):
+        self._due = 0  # open loop: the next job of the schedule
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [
@@ -168,10 +185,15 @@ class Load:
         http.headers["Authorization"] = f"Bearer {self.key}"
         url = self.url + "/v1/jobs" + (f"?wait={self.wait_s}" if self.wait_s else "")
         while not self._stop.is_set():
-            if self.sent() >= self.max_jobs or time.monotonic() - self._began > self.max_seconds:
+            due = self._next_due()
+            if due is None or self._stop.wait(max(0.0, due - time.monotonic())):
                 return
-            size = rng.choice(self.sizes)
-            body = {"model": "iris", "inputs": [SETOSA] * size, "tags": {"run": self.tag}}
+            model, size = rng.choice(self.models), rng.choice(self.sizes)
+            body = {
+                "model": model,
+                "inputs": [demo_instance(model)] * size,
+                "tags": {"run": self.tag},
+            }
             try:
                 answer = http.post(url, json=body, timeout=self.wait_s + 30)
             except requests.RequestException:
@@ -179,10 +201,23 @@ class Load:
                     self.dropped += 1
                 time.sleep(0.05)
                 continue
-            self._record(answer, size)
+            self._record(answer, size, due)
 
-    def _record(self, answer: requests.Response, size: int) -> None:
+    def _next_due(self) -> float | None:
+        """When the client's next job is due (time.monotonic()): now in a closed loop, the
+        schedule's next in an open one; None once the load is over."""
+        if self.sent() >= self.max_jobs or time.monotonic() - self._began > self.max_seconds:
+            return None
+        if not self.rate_per_s:
+            return time.monotonic()
         with self._lock:
+            due = self._began + self._due / self.rate_per_s
+            self._due += 1
+        return due if due - self._began <= self.max_seconds else None
+
+    def _record(self, answer: requests.Response, size: int, due: float) -> None:
+        with self._lock:
+            self.latencies.append((due - self._began, (time.monotonic() - due) * 1000))
             self.statuses[answer.status_code] += 1
             if answer.status_code == 201:
                 job = answer.json()
