@@ -82,25 +82,38 @@ def process_name(pid: int, root: int) -> str:
     return f"{what} (pid {pid})"
 
 
-class MemoryWatch:
-    """The resident memory of every process of a tree, every interval_s seconds:
-    {process name: [(seconds since start, MB)]}."""
+class Beside:
+    """What runs beside the load, in a thread of its own from start() to stop()."""
 
-    def __init__(self, root: int, interval_s: float):
-        self.root, self.interval_s = root, interval_s
-        self.samples: dict[str, list[tuple[float, float]]] = {}
-        self._names: dict[int, str] = {}
+    def __init__(self):
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def start(self) -> "MemoryWatch":
+    def start(self):
         self._began = time.monotonic()
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(30)
+        self._thread.join(90)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class MemoryWatch(Beside):
+    """The resident memory of every process of a tree, every interval_s seconds:
+    {process name: [(seconds since start, MB)]}."""
+
+    def __init__(self, root: int, interval_s: float):
+        super().__init__()
+        self.root, self.interval_s = root, interval_s
+        self.samples: dict[str, list[tuple[float, float]]] = {}
+        self._names: dict[int, str] = {}
+
+    def stop(self) -> None:
+        super().stop()
         self.sample()  # the state at the very end
 
     def sample(self) -> None:
@@ -113,38 +126,28 @@ class MemoryWatch:
             name = self._names.setdefault(pid, process_name(pid, self.root))
             self.samples.setdefault(name, []).append((round(at, 1), round(megabytes, 1)))
 
-    def _watch(self) -> None:
+    def _run(self) -> None:
         while True:
             self.sample()
             if self._stop.wait(self.interval_s):
                 return
 
 
-class Analyst:
-    """An analyst reading pages throughout, one request after another: the newest jobs,
-    page 1 to 5 and again, the predictions of each page's first job in order, and the
-    newest predictions, page by page."""
+class Analyst(Beside):
+    """An analyst reading pages throughout, three every pause_s: the newest jobs, page 1
+    to 5 and again, the predictions of each page's first job in order, and the newest
+    predictions, page by page."""
 
-    def __init__(self, url: str, key: str, pause_s: float = 0.2):
+    def __init__(self, url: str, key: str, pause_s: float = 1.0):
+        super().__init__()
         self.url, self.pause_s = url, pause_s
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {key}"
         self.statuses: Counter = Counter()
         self.dropped = 0
         self.latencies: list[tuple[float, float]] = []  # (seconds since start, ms)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, daemon=True)
 
-    def start(self) -> "Analyst":
-        self._began = time.monotonic()
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(90)
-
-    def _read(self) -> None:
+    def _run(self) -> None:
         for page in itertools.cycle(range(1, 6)):
             if self._stop.wait(self.pause_s):
                 return
@@ -304,8 +307,9 @@ def soak(
         ).start()
         for end in range(1, math.ceil(seconds / window_s) + 1):
             time.sleep(max(0.0, began + min(seconds, end * window_s) - time.monotonic()))
-            now = windows(load.latencies, window_s, seconds)[end - 1]
-            print(f"  window {end}: {now}, {sum(load.statuses.values())} answered", flush=True)
+            jobs = windows(load.latencies, window_s, seconds)[end - 1]
+            pages = windows(analyst.latencies, window_s, seconds)[end - 1]
+            print(f"  window {end}: jobs {jobs}, pages {pages}", flush=True)
         load.stop()
         analyst.stop()
         memory.stop()
@@ -350,6 +354,10 @@ def soak(
     }
 
 
+def cell(value) -> str:
+    return "—" if value is None else str(value)
+
+
 def markdown(results: dict) -> str:
     """The run as three tables: each window, each process's memory, each criterion."""
     window_s = results["settings"]["window_s"]
@@ -370,17 +378,18 @@ def markdown(results: dict) -> str:
             next((mb for at, mb in reversed(points) if at <= end), 0) for points in samples.values()
         )
         lines.append(
-            f"| {index * window_s:g} | {jobs['requests']} | {jobs['p50_ms']} | {jobs['p99_ms']} "
-            f"| {pages['requests']} | {pages['p99_ms']} | {total:.0f} |"
+            f"| {index * window_s:g} | {jobs['requests']} | {cell(jobs['p50_ms'])} "
+            f"| {cell(jobs['p99_ms'])} | {pages['requests']} | {cell(pages['p99_ms'])} "
+            f"| {total:.0f} |"
         )
     lines += ["", "| process | RSS MB after warm-up | at the end | growth |", "|---|---|---|---|"]
     for name, row in results["memory"].items():
         growth = "—" if row["growth"] is None else f"{row['growth']:+.1%}"
-        lines.append(f"| {name} | {row['start_mb']} | {row['end_mb']} | {growth} |")
+        lines.append(f"| {name} | {cell(row['start_mb'])} | {cell(row['end_mb'])} | {growth} |")
     lines += ["", "| criterion | measured | result |", "|---|---|---|"]
     for name, check in results["verdicts"].items():
         result = "pass" if check["passed"] else "**FAIL**"
-        lines.append(f"| {name} | {check['measured']} | {result} |")
+        lines.append(f"| {name} | {cell(check['measured'])} | {result} |")
     return "\n".join(lines)
 
 
