@@ -104,13 +104,15 @@ class Beside:
 
 class MemoryWatch(Beside):
     """The resident memory of every process of a tree, every interval_s seconds:
-    {process name: [(seconds since start, MB)]}."""
+    {process name: [(seconds since start, MB)]}; and the machine's load average (other
+    work on it slows the service as much as anything the soak does)."""
 
     def __init__(self, root: int, interval_s: float):
         super().__init__()
         self.root, self.interval_s = root, interval_s
         self.samples: dict[str, list[tuple[float, float]]] = {}
         self._names: dict[int, str] = {}
+        self.machine_load: list[tuple[float, float]] = []  # (seconds since start, 1 min)
 
     def stop(self) -> None:
         super().stop()
@@ -118,6 +120,7 @@ class MemoryWatch(Beside):
 
     def sample(self) -> None:
         at = time.monotonic() - self._began
+        self.machine_load.append((round(at, 1), os.getloadavg()[0]))
         for pid in process_tree(self.root):
             megabytes = resident_mb(pid)
             if megabytes is None:
@@ -286,11 +289,13 @@ def soak(
             "the peak's jobs to end",
         )
         rate = fraction * peak
-        # Enough clients for a second of jobs in flight, each sending about once a second
-        # (an idle keep-alive connection is closed after 5 s, its next request dropped).
-        clients = min(96, max(8, math.ceil(rate)))
+        # Enough clients for 3 s of jobs in flight (a ?wait= beyond the 8 a process holds
+        # is answered within a second): fewer, and a slower service would slow the load
+        # rather than queue its jobs. Each sends every 3 s or so, within the 5 s an idle
+        # keep-alive connection is kept.
+        clients = min(128, max(8, math.ceil(3 * rate)))
         print(f"  {peak:.1f} jobs/s; soak at {rate:.1f} jobs/s for {seconds} s", flush=True)
-        began = time.monotonic()
+        began, cpu_began = time.monotonic(), time.process_time()
         memory = MemoryWatch(cluster.api.process.pid, sample_s).start()
         analyst = Analyst(cluster.url, analyst_key).start()
         load = Load(
@@ -313,6 +318,7 @@ def soak(
         load.stop()
         analyst.stop()
         memory.stop()
+        own_cpu = time.process_time() - cpu_began
         accounted = account(cluster, [peak_load, load])
     finally:
         cluster.stop()
@@ -342,16 +348,24 @@ def soak(
         "peak_jobs_per_s": round(peak, 1),
         "target_jobs_per_s": round(rate, 1),
         "sent_jobs_per_s": round(load.sent() / seconds, 1),
+        # This process's CPU (the load, the analyst, the memory watch), in cores.
+        "load_generator_cores": round(own_cpu / seconds, 2),
         "statuses": {"jobs": dict(load.statuses), "analyst": dict(analyst.statuses)},
         "dropped": {"jobs": load.dropped, "analyst": analyst.dropped},
         "counts": counts,
         "windows": {"jobs": jobs, "analyst": windows(analyst.latencies, window_s, seconds)},
         "memory": growth,
         "memory_samples": memory.samples,
+        "machine_load": memory.machine_load,
         "accounted": accounted,
         "verdicts": checks,
         "passed": all(check["passed"] for check in checks.values()),
     }
+
+
+def at_end(points: list[tuple[float, float]], end: float) -> float:
+    """The last sampled value at or before end (0 before the first)."""
+    return next((value for at, value in reversed(points) if at <= end), 0)
 
 
 def cell(value) -> str:
@@ -364,23 +378,23 @@ def markdown(results: dict) -> str:
     lines = [
         f"Peak {results['peak_jobs_per_s']} jobs/s; soak at {results['target_jobs_per_s']} "
         f"jobs/s (sent {results['sent_jobs_per_s']}) for {results['settings']['seconds']} s; "
-        f"jobs of {', '.join(map(str, SIZES))} instances of {' or '.join(MODELS)}, ?wait=30.",
+        f"jobs of {', '.join(map(str, SIZES))} instances of {' or '.join(MODELS)}, ?wait=30; "
+        f"the load generator used {results['load_generator_cores']} cores.",
         "",
-        "| from s | jobs | p50 ms | p99 ms | analyst pages | analyst p99 ms | RSS MB, all |",
-        "|---|---|---|---|---|---|---|",
+        "| from s | jobs | p50 ms | p99 ms | analyst pages | analyst p99 ms | RSS MB, all "
+        "| machine load (1 min) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     samples = results["memory_samples"]
     for index, (jobs, pages) in enumerate(
         zip(results["windows"]["jobs"], results["windows"]["analyst"], strict=True)
     ):
         end = min((index + 1) * window_s, results["settings"]["seconds"])
-        total = sum(
-            next((mb for at, mb in reversed(points) if at <= end), 0) for points in samples.values()
-        )
+        total = sum(at_end(points, end) for points in samples.values())
         lines.append(
             f"| {index * window_s:g} | {jobs['requests']} | {cell(jobs['p50_ms'])} "
             f"| {cell(jobs['p99_ms'])} | {pages['requests']} | {cell(pages['p99_ms'])} "
-            f"| {total:.0f} |"
+            f"| {total:.0f} | {at_end(results['machine_load'], end):.1f} |"
         )
     lines += ["", "| process | RSS MB after warm-up | at the end | growth |", "|---|---|---|---|"]
     for name, row in results["memory"].items():
