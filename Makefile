@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test fuzz screenshots lint format bench reliability profile clean
+.PHONY: install browser run test fuzz screenshots lint format bench reliability soak profile clean
 
 install: $(STAMP)
 
@@ -45,6 +45,12 @@ bench: install
 # slow clients, graceful shutdown; a table, and bench/results/reliability-*.json.
 reliability: install
 	$(PY) -m bench.reliability
+
+# SIBYL_SOAK_SECONDS (600) at 80% of the peak jobs/s measured first: iris and digits jobs
+# of 1 to 100 instances, an analyst reading pages; no 5xx, p99 and every process's memory
+# steady, every job finished once; a table, and bench/results/soak-*.json.
+soak: install
+	$(PY) -m bench.soak
 
 # Where the time goes: py-spy samples of the API worker and the database under load
 # (MODEL=iris|digits|cnn); docs/PERFORMANCE.md keeps the latest top lines.

@@ -12,6 +12,7 @@ and in time.
 """
 
 import errno
+import functools
 import os
 import random
 import shutil
@@ -28,17 +29,16 @@ import pymongo
 import requests
 from bson import ObjectId
 
-from bench.servers import ROOT, Server, process_tree, start_sibyl
+from bench.servers import ROOT, Server, command_line, process_tree, start_sibyl
+from service.demo.models import load_digits, load_iris
 
-SETOSA = [5.1, 3.5, 1.4, 0.2]
 DRAIN_SECONDS = 120  # after the load: every acknowledged job must end within this
 
 
-def command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
+@functools.cache
+def demo_instance(model: str) -> list:
+    """The first instance of a demo model's data: a setosa's measurements, a handwritten 0."""
+    return {"iris": load_iris, "digits": load_digits}[model]()[0][0].tolist()
 
 
 def wait_until(condition, seconds: float, what: str):
@@ -169,9 +169,15 @@ class FillableDisk:
 
 @dataclass
 class Load:
-    """clients threads POSTing jobs of `sizes` copies of `instance` (one size picked at
-    random each time) to `model`, plain or with ?wait=, tagged {"run": tag}, `pause`
-    seconds apart (a random time within it), until stop() or max_jobs or max_seconds.
+    """clients threads POSTing jobs of `sizes` copies of `instance` (a demo model's
+    first instance when None) to one of `models` (size and model picked at random each
+    time), plain or with ?wait=, tagged {"run": tag}, `pause` seconds apart (a random
+    time within it), until stop() or max_jobs or max_seconds.
+
+    Closed loop by default: a client sends its next job once the last is answered. At
+    rate_per_s, open loop: the jobs are due on a fixed schedule, each sent by whichever
+    client is free, and a job's latency counts from when it was due, so a service that
+    falls behind shows it in the latencies (rather than in fewer jobs sent).
 
     fails_with: every job of the load must fail with an error holding this text, after
     fails_after_attempts attempts (a scenario's poison); empty: every job must succeed."""
@@ -181,11 +187,12 @@ class Load:
     tag: str
     clients: int = 8
     sizes: tuple[int, ...] = (1,)
+    models: tuple[str, ...] = ("iris",)
+    rate_per_s: float = 0.0
     wait_s: int = 0
     max_jobs: int = 100_000
     max_seconds: float = 120.0
-    model: str = "iris"
-    instance: list = field(default_factory=lambda: SETOSA)
+    instance: list | None = None
     pause: tuple[float, float] = (0.0, 0.0)
     fails_with: str = ""
     fails_after_attempts: int = 0
@@ -194,8 +201,11 @@ class Load:
     statuses: Counter = field(default_factory=Counter)
     dropped: int = 0  # connections reset or timed out (a killed process)
     wrong: list = field(default_factory=list)  # answers that contradict the request
+    # (seconds from start to when the job was due, milliseconds until it was answered)
+    latencies: list[tuple[float, float]] = field(default_factory=list)
 
     def __post_init__(self):
+        self._due = 0  # open loop: the next job of the schedule
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [
@@ -227,14 +237,15 @@ class Load:
         http.headers["Authorization"] = f"Bearer {self.key}"
         url = self.url + "/v1/jobs" + (f"?wait={self.wait_s}" if self.wait_s else "")
         while not self._stop.is_set():
-            if self.sent() >= self.max_jobs or time.monotonic() - self._began > self.max_seconds:
+            due = self._next_due()
+            if due is None or self._stop.wait(max(0.0, due - time.monotonic())):
                 return
             if self.pause[1] and self._stop.wait(rng.uniform(*self.pause)):
                 return
-            size = rng.choice(self.sizes)
+            model, size = rng.choice(self.models), rng.choice(self.sizes)
             body = {
-                "model": self.model,
-                "inputs": [self.instance] * size,
+                "model": model,
+                "inputs": [self.instance or demo_instance(model)] * size,
                 "tags": {"run": self.tag},
             }
             try:
@@ -244,10 +255,23 @@ class Load:
                     self.dropped += 1
                 time.sleep(0.05)
                 continue
-            self._record(answer, size)
+            self._record(answer, size, due)
 
-    def _record(self, answer: requests.Response, size: int) -> None:
+    def _next_due(self) -> float | None:
+        """When the client's next job is due (time.monotonic()): now in a closed loop, the
+        schedule's next in an open one; None once the load is over."""
+        if self.sent() >= self.max_jobs or time.monotonic() - self._began > self.max_seconds:
+            return None
+        if not self.rate_per_s:
+            return time.monotonic()
         with self._lock:
+            due = self._began + self._due / self.rate_per_s
+            self._due += 1
+        return due if due - self._began <= self.max_seconds else None
+
+    def _record(self, answer: requests.Response, size: int, due: float) -> None:
+        with self._lock:
+            self.latencies.append((due - self._began, (time.monotonic() - due) * 1000))
             self.statuses[answer.status_code] += 1
             if answer.status_code == 201:
                 job = answer.json()

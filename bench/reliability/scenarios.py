@@ -200,7 +200,7 @@ def hostile_loads(cluster, sizes: dict, tag: str, build, folder, **fails) -> lis
     each failing as `fails` (Load's fails_with, fails_after_attempts) says; all with
     ?wait=, so that the answer of a job that ended is checked too."""
     model = uploaded(cluster, build, folder)
-    good = {"model": model, "instance": models.HARMLESS, "clients": 1, "wait_s": 10}
+    good = {"models": (model,), "instance": models.HARMLESS, "clients": 1, "wait_s": 10}
     bad = {**good, "instance": models.TRIGGER, "pause": sizes["pause"], **fails}
     return [
         started_load(cluster, sizes, f"{tag}_good", (1, 3), **good),
@@ -298,7 +298,7 @@ def disk_pressure(folder, size: str) -> dict:
                 60,
                 "iris to serve",
             )
-            good = {"model": model, "instance": models.HARMLESS, "clients": 2}
+            good = {"models": (model,), "instance": models.HARMLESS, "clients": 2}
             disk.fill()
             try:
                 full = started_load(
