@@ -4,10 +4,12 @@ Each test starts from empty collections (indexes kept): the server grows slower
 as state accumulates, and restarting it per test would cost seconds.
 """
 
+import contextlib
 import copy
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -454,6 +456,21 @@ def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float = 120
             pass
         time.sleep(0.2)
     raise AssertionError("the service did not answer /v1/healthz in time")
+
+
+def stop_serve(process: subprocess.Popen) -> None:
+    """Stop run.py serve as an operator would (SIGTERM: gunicorn stops its workers and the
+    embedded database); SIGKILL only if it hangs. A SIGKILLed master leaves its workers
+    running, serving nobody, for the rest of the machine's life."""
+    process.terminate()
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        for pid in child_processes().get(process.pid, []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.kill()
+        process.wait()
 
 
 def start_serve(folder: Path, **settings) -> tuple[subprocess.Popen, str, str]:

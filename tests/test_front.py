@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import child_processes, start_serve
+from conftest import child_processes, start_serve, stop_serve
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.slow_clients import slow_clients
@@ -25,8 +25,7 @@ def patient(tmp_path_factory):
         tmp_path_factory.mktemp("patient"), HEADER_TIMEOUT_S=120, BODY_TIMEOUT_S=120
     )
     yield url, key, process
-    process.kill()
-    process.wait()
+    stop_serve(process)
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +38,7 @@ def impatient(tmp_path_factory):
         MAX_BUFFERED_MB=1,
     )
     yield url, key, process
-    process.kill()
-    process.wait()
+    stop_serve(process)
 
 
 def port_of(url: str) -> int:

@@ -2,7 +2,7 @@
 every API process counted under run.py serve; admins or allowed addresses only."""
 
 import requests
-from conftest import start_serve, wait_for
+from conftest import start_serve, stop_serve, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.store.embedded_db import free_port
@@ -108,8 +108,7 @@ def test_every_api_process_is_counted(tmp_path):
         pids = {path.stem.rsplit("_", 1)[1] for path in (tmp_path / "metrics").glob("counter_*.db")}
         assert len(pids) >= 2
     finally:
-        process.kill()
-        process.wait()
+        stop_serve(process)
 
 
 def test_a_worker_serves_its_own_metrics_when_asked(
