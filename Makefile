@@ -42,7 +42,8 @@ bench: install
 	$(PY) -m bench.run
 
 # The fault suite: workers, API processes and the database killed or paused under load,
-# slow clients, graceful shutdown; a table, and bench/results/reliability-*.json.
+# slow clients, graceful shutdown, poison jobs, runaway and crashing models, the model
+# cache's disk full (a tmpfs: root); a table, and bench/results/reliability-*.json.
 reliability: install
 	$(PY) -m bench.reliability
 
