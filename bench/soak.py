@@ -13,7 +13,7 @@ It passes with no 5xx, every request answered as expected, the last minute's p99
 load sent, and every acknowledged job finished once. A table, the JSON in
 bench/results/soak-<timestamp>.json, and exit status 1 if any criterion failed.
 
-    python -m bench.soak [--seconds 600] [--warmup 60] [--window 60]
+    python -m bench.soak [--seconds 600] [--warmup 60] [--window 60] [--fraction 0.8]
 """
 
 import argparse
@@ -199,8 +199,8 @@ def memory_growth(
     for name, points in samples.items():
         start = [mb for at, mb in points if warmup_s - smooth_s <= at <= warmup_s]
         end = [mb for at, mb in points if at >= seconds - smooth_s]
-        start_mb = statistics.median(start) if start else None
-        end_mb = statistics.median(end) if end else None
+        start_mb = round(statistics.median(start), 1) if start else None
+        end_mb = round(statistics.median(end), 1) if end else None
         growth = round(end_mb / start_mb - 1, 4) if start_mb and end_mb else None
         rows[name] = {"start_mb": start_mb, "end_mb": end_mb, "growth": growth}
     return rows
@@ -414,13 +414,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=60, help="seconds before memory counts")
     parser.add_argument("--window", type=float, default=60, help="seconds per latency window")
     parser.add_argument("--peak-seconds", type=float, default=30, help="closed-loop peak length")
+    parser.add_argument("--fraction", type=float, default=0.8, help="of the peak, to soak at")
     parser.add_argument("--sample", type=float, default=5, help="seconds between memory reads")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     began = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="sibyl-soak-"))
     results = soak(
-        folder, args.seconds, args.warmup, args.window, args.peak_seconds, sample_s=args.sample
+        folder,
+        args.seconds,
+        args.warmup,
+        args.window,
+        args.peak_seconds,
+        args.fraction,
+        args.sample,
     )
     results["total_seconds"] = round(time.perf_counter() - began, 1)
     print(markdown(results))
